@@ -1,0 +1,34 @@
+"""The ``ocp-graphpar`` console script: one sub-command group per tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.tools.data.cli import add_data_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocp-graphpar",
+        description="Graph-parallel GemNet-XL / DimeNet++-XL for fairchem: data, tools, reports.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_data_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; each registers its handler as ``args.handler``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserFacingError as error:
+        print(f"ocp-graphpar: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

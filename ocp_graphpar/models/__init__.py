@@ -1,0 +1,5 @@
+"""Graph-parallel models, registered in fairchem's registry when imported."""
+
+from ocp_graphpar.models.gemnet_xl.model import GemNetXL
+
+__all__ = ["GemNetXL"]

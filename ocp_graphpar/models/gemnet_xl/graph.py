@@ -1,0 +1,116 @@
+"""One rank's share of a GemNet interaction graph: owned edges, their geometry and triplets.
+
+The radius graph and its symmetric edge order are built on every rank from the full batch
+(cheap next to the model, and bit-identical to upstream's distances); everything after that
+(triplets, angles, bases) is built for owned edges only.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from fairchem.core.models.gemnet.utils import repeat_blocks
+from torch import Tensor
+
+from ocp_graphpar.parallel import PartitionPlan, WorkWeights, build_partition, copy_replicated
+
+
+@dataclass
+class LocalGraph:
+    """The interaction graph as one GP rank sees it.
+
+    Attributes:
+        plan: the batch's partition plan.
+        pos: ``(N, 3)`` positions as the replicated input of this rank's graph.
+        distance: ``(n_edges,)`` owned edge lengths ``D_st``.
+        direction: ``(n_edges, 3)`` unit vectors ``V_st`` (target -> source, as upstream).
+        idx_s: ``(n_edges,)`` source atoms as rows of ``plan.with_halo(...)``.
+        idx_t: ``(n_edges,)`` target atoms as owned-atom rows.
+        id3_ba, id3_ca, id3_ragged_idx: ``(T,)`` owned triplets ``b -> a <- c`` in local edges.
+        atom_batch: ``(n_atoms,)`` system of each owned atom.
+        num_systems: systems in the batch.
+    """
+
+    plan: PartitionPlan
+    pos: Tensor
+    distance: Tensor
+    direction: Tensor
+    idx_s: Tensor
+    idx_t: Tensor
+    id3_ba: Tensor
+    id3_ca: Tensor
+    id3_ragged_idx: Tensor
+    atom_batch: Tensor
+    num_systems: int
+
+
+def build_local_graph(model, data, weights: WorkWeights | None = None) -> LocalGraph:
+    """Partition ``data`` over the GP group and build this rank's graph.
+
+    Args:
+        model: a ``GemNetT`` (its graph settings and helpers are used as upstream uses them).
+        data: a fairchem batch.
+    """
+    pos = copy_replicated(data.pos)
+    view = copy.copy(data)
+    view.pos = pos
+    edge_index, distance, direction, id_swap = symmetric_edges(model, view)
+    plan = build_partition(
+        data.batch,
+        data.pos,
+        getattr(data, "cell", None),
+        edge_index,
+        reverse_edge=id_swap,
+        weights=weights,
+    )
+    idx_s, idx_t = plan.edge_src, plan.edge_dst
+    id3_ba, id3_ca, id3_ragged_idx = model.get_triplets(
+        torch.stack([idx_s, idx_t]), num_atoms=plan.num_atoms + plan.atom_halo.num_recv
+    )
+    return LocalGraph(
+        plan=plan,
+        pos=pos,
+        distance=distance[plan.edges],
+        direction=direction[plan.edges],
+        idx_s=idx_s,
+        idx_t=idx_t,
+        id3_ba=id3_ba,
+        id3_ca=id3_ca,
+        id3_ragged_idx=id3_ragged_idx,
+        atom_batch=data.batch[plan.atoms],
+        num_systems=int(data.batch.max()) + 1,
+    )
+
+
+def symmetric_edges(model, data) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Upstream GemNet-T's edge set, in its symmetric order, for the whole batch.
+
+    Returns:
+        ``edge_index (2, E)``, ``D_st (E,)``, ``V_st (E, 3)`` and ``id_swap (E,)``, the reverse
+        of every edge: what ``GemNetT.generate_interaction_graph`` gives, without its triplets.
+    """
+    graph = model.generate_graph(data)
+    direction = -graph.edge_distance_vec / graph.edge_distance[:, None]
+    cutoff = None if model.otf_graph or abs(model.cutoff - 6.0) < 1e-8 else model.cutoff
+    selected = model.select_edges(
+        data=data,
+        edge_index=graph.edge_index,
+        cell_offsets=graph.cell_offsets,
+        neighbors=graph.neighbors,
+        edge_dist=graph.edge_distance,
+        edge_vector=direction,
+        cutoff=cutoff,
+    )
+    edge_index, _, neighbors, distance, direction = model.reorder_symmetric_edges(*selected)
+    block_sizes = neighbors // 2
+    id_swap = repeat_blocks(
+        block_sizes,
+        repeats=2,
+        continuous_indexing=False,
+        start_idx=block_sizes[0],
+        block_inc=block_sizes[:-1] + block_sizes[1:],
+        repeat_inc=-block_sizes,
+    )
+    return edge_index, distance, direction, id_swap

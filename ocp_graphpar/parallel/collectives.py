@@ -1,0 +1,171 @@
+"""Collectives over the GP group, each an autograd function whose backward is its adjoint.
+
+A tensor on a GP rank is in one of three states: *sharded* (each rank holds its own rows),
+*partial* (the true value is the sum over ranks) or *replicated* (every rank holds the same
+value). The functions below move tensors between states, and each backward is the adjoint
+collective built from the same functions, so the backward is differentiable too and
+``create_graph=True`` (forces as ``-dE/dpos``, then a loss on them) stays exact:
+
+==========================  =====================  =============================
+function                    forward                backward (adjoint)
+==========================  =====================  =============================
+``all_to_all``              uneven all-to-all      all-to-all with splits swapped
+``gather_rows``             all-gather of shards   reduce-scatter
+``reduce_scatter_rows``     reduce-scatter         all-gather
+``reduce_partial``          all-reduce (sum)       identity (``copy_replicated``)
+``copy_replicated``         identity               all-reduce (``reduce_partial``)
+==========================  =====================  =============================
+
+With no GP group (or a group of one rank) every function is the identity and issues no call.
+Row counts come from the partition plan, which every rank builds identically, so no collective
+ever exchanges sizes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ocp_graphpar.parallel.groups import gp_group, gp_rank, gp_size
+from ocp_graphpar.parallel.stats import comm_stats
+
+
+def _nbytes(rows: int, like: Tensor) -> int:
+    return rows * (like[0].numel() if like.dim() > 1 else 1) * like.element_size()
+
+
+def _row_shape(x: Tensor, rows: int) -> tuple[int, ...]:
+    return (rows, *x.shape[1:])
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+        ctx.counts = (send_counts, recv_counts)
+        out = x.new_empty(_row_shape(x, sum(recv_counts)))
+        dist.all_to_all_single(out, x.contiguous(), recv_counts, send_counts, group=gp_group())
+        comm_stats().record("all_to_all", _nbytes(sum(recv_counts) - recv_counts[gp_rank()], x))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        send_counts, recv_counts = ctx.counts
+        return _AllToAll.apply(grad, recv_counts, send_counts), None, None
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
+        ctx.counts = counts
+        width = max(counts)
+        padded = x.new_zeros(_row_shape(x, width))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded, group=gp_group())
+        comm_stats().record("all_gather", _nbytes(sum(counts) - counts[gp_rank()], x))
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _ReduceScatterRows.apply(grad, ctx.counts), None
+
+
+class _ReduceScatterRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
+        ctx.counts = counts
+        width = max(counts)
+        parts = []
+        for piece, n in zip(x.split(counts), counts):
+            padded = x.new_zeros(_row_shape(x, width))
+            padded[:n] = piece
+            parts.append(padded)
+        out = torch.empty_like(parts[0])
+        dist.reduce_scatter(out, parts, group=gp_group())
+        p = len(counts)
+        comm_stats().record("reduce_scatter", _nbytes(sum(counts), x) * (p - 1) // p)
+        return out[: counts[gp_rank()]]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _GatherRows.apply(grad, ctx.counts), None
+
+
+class _ReducePartial(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out, group=gp_group())
+        p = gp_size()
+        comm_stats().record("all_reduce", 2 * (p - 1) * x.numel() * x.element_size() // p)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _CopyReplicated.apply(grad)
+
+
+class _CopyReplicated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _ReducePartial.apply(grad)
+
+
+def all_to_all(x: Tensor, send_counts: Sequence[int], recv_counts: Sequence[int]) -> Tensor:
+    """Send ``x``'s rows to the GP peers in rank order, ``send_counts[q]`` rows to peer ``q``.
+
+    Args:
+        x: ``(sum(send_counts), *F)`` rows grouped by destination rank.
+    Returns:
+        ``(sum(recv_counts), *F)`` rows grouped by source rank.
+    """
+    if gp_size() == 1:
+        return x
+    return _AllToAll.apply(x, list(send_counts), list(recv_counts))
+
+
+def gather_rows(x: Tensor, counts: Sequence[int]) -> Tensor:
+    """Concatenate every rank's rows (sharded -> replicated).
+
+    Args:
+        x: ``(counts[rank], *F)``.
+    Returns:
+        ``(sum(counts), *F)``, identical on every rank; the gradient is reduce-scattered.
+    """
+    if gp_size() == 1:
+        return x
+    return _GatherRows.apply(x, list(counts))
+
+
+def reduce_scatter_rows(x: Tensor, counts: Sequence[int]) -> Tensor:
+    """Sum ``x`` over the ranks and keep this rank's block of rows (partial -> sharded).
+
+    Args:
+        x: ``(sum(counts), *F)`` partial sums.
+    Returns:
+        ``(counts[rank], *F)``.
+    """
+    if gp_size() == 1:
+        return x
+    return _ReduceScatterRows.apply(x, list(counts))
+
+
+def reduce_partial(x: Tensor) -> Tensor:
+    """Sum partial results over the GP group (partial -> replicated); the gradient passes as is."""
+    if gp_size() == 1:
+        return x
+    return _ReducePartial.apply(x)
+
+
+def copy_replicated(x: Tensor) -> Tensor:
+    """Mark a replicated input that each rank uses for its own part: its gradient is all-reduced."""
+    if gp_size() == 1:
+        return x
+    return _CopyReplicated.apply(x)

@@ -1,0 +1,125 @@
+"""Spawn P gloo ranks on CPU, with fairchem's GP/DP groups, and collect per-rank results.
+
+Tests and benchmarks share these helpers. A :class:`GlooWorld` keeps its worker processes
+between calls, so a test suite pays the start-up (a fresh interpreter importing torch and
+fairchem) once per world size rather than once per case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+_STOP = None
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GlooWorld:
+    """``world_size`` CPU ranks on gloo, reused across calls of :meth:`run`.
+
+    Example::
+
+        with GlooWorld(4) as world:
+            results = world.run(my_function, arg, gp_size=2)   # one result per rank
+    """
+
+    def __init__(self, world_size: int, *, threads_per_rank: int = 1, timeout_s: float = 600.0):
+        self.world_size = world_size
+        self.timeout_s = timeout_s
+        context = mp.get_context("spawn")
+        port = free_port()
+        self._conns: list[Connection] = []
+        self._procs = []
+        for rank in range(world_size):
+            parent, child = context.Pipe()
+            proc = context.Process(
+                target=_serve,
+                args=(rank, world_size, port, threads_per_rank, child),
+                daemon=True,
+            )
+            proc.start()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def run(self, fn: Callable[..., Any], *args: Any, gp_size: int | None = None, **kwargs: Any):
+        """Call ``fn(*args, **kwargs)`` on every rank, inside GP groups of ``gp_size`` ranks
+        (default: the whole world), and return the per-rank results in rank order.
+
+        ``fn`` must be importable by name (a module-level function) so it can be pickled.
+        """
+        gp_size = gp_size or self.world_size
+        for conn in self._conns:
+            conn.send((fn, args, kwargs, gp_size))
+        results, errors = [], []
+        for rank, conn in enumerate(self._conns):
+            if not conn.poll(self.timeout_s):
+                self.close()
+                raise TimeoutError(f"rank {rank} gave no answer in {self.timeout_s:.0f} s")
+            status, payload = conn.recv()
+            (results if status == "ok" else errors).append(payload)
+        if errors:
+            raise RuntimeError("a worker rank failed:\n" + errors[0])
+        return results
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                conn.send(_STOP)
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> GlooWorld:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_ranks(
+    fn: Callable[..., Any], world_size: int, *args: Any, gp_size: int | None = None, **kwargs: Any
+) -> list[Any]:
+    """Start a world, call ``fn`` on every rank once, stop the world."""
+    with GlooWorld(world_size) as world:
+        return world.run(fn, *args, gp_size=gp_size, **kwargs)
+
+
+def _serve(rank: int, world_size: int, port: int, threads: int, conn: Connection) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from ocp_graphpar.parallel.groups import setup_groups, teardown_groups
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    current_gp = None
+    try:
+        while (message := conn.recv()) is not _STOP:
+            fn, args, kwargs, gp_size = message
+            try:
+                if gp_size != current_gp:
+                    setup_groups(gp_size, backend="gloo")
+                    current_gp = gp_size
+                conn.send(("ok", fn(*args, **kwargs)))
+            except Exception:
+                conn.send(("error", f"rank {rank}:\n{traceback.format_exc()}"))
+    finally:
+        teardown_groups()
+        dist.destroy_process_group()

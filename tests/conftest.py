@@ -1,0 +1,27 @@
+"""Shared fixtures: gloo worlds reused across the whole session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned ranks import tests' modules
+
+
+@pytest.fixture(scope="session")
+def gloo_world():
+    """``gloo_world(P)``: a started :class:`GlooWorld` of P ranks, shared by every test."""
+    from ocp_graphpar.parallel.testing import GlooWorld
+
+    worlds: dict[int, GlooWorld] = {}
+
+    def get(size: int) -> GlooWorld:
+        if size not in worlds:
+            worlds[size] = GlooWorld(size)
+        return worlds[size]
+
+    yield get
+    for world in worlds.values():
+        world.close()
