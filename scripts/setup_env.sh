@@ -11,6 +11,22 @@ REQ=requirements.txt
 pin() { grep -E "^$1==" "$REQ" | head -n1; }
 staged='^(torch|torch-scatter|torch-sparse|fairchem-core)=='
 
+# 0. system packages: a C++ compiler and Python headers for the from-source builds, and venv.
+need_apt=()
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++ make)
+"$PYTHON" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_apt+=(python3-dev)
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing system packages: ${need_apt[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  else
+    echo "setup: missing system packages: ${need_apt[*]} (install them, e.g. with sudo apt-get install)" >&2
+    exit 1
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -c 'import sys; assert (3, 9) <= sys.version_info[:2] < (3, 13), "fairchem-core 1.10 needs Python 3.9 to 3.12"' \
     || { echo "setup: $PYTHON is not a supported Python; set PYTHON=python3.11" >&2; exit 1; }

@@ -18,7 +18,7 @@ def gloo_world():
     worlds: dict[int, GlooWorld] = {}
 
     def get(size: int) -> GlooWorld:
-        if size not in worlds:
+        if size not in worlds or not worlds[size].alive:
             worlds[size] = GlooWorld(size)
         return worlds[size]
 

@@ -1,4 +1,4 @@
-"""Tests of ``ocp_graphpar.tools.data``: from-traj on real OC20 relaxations, the EMT demo, and bad input.
+"""Tests of ``ocp_graphpar.tools.data``: from-traj on real OC20 data, the EMT demo, bad input.
 
 The OC20 tests need ``../shared/data`` beside the repository and skip without it; the demo and
 bad-input tests make their own data.
@@ -238,23 +238,77 @@ def test_linear_reference_is_fit_on_train_and_subtracted(tmp_path: Path) -> None
 
 # --------------------------------------------------------------------------- demo
 
+DEMO_OPTIONS = {"systems": 3, "seed": 7, "max_steps": 8, "progress": False}
 
-def test_demo_is_deterministic_and_readable(tmp_path: Path) -> None:
-    options = {"systems": 3, "seed": 7, "max_steps": 8, "progress": False}
-    first = make_demo_dataset(tmp_path / "a", **options)
-    make_demo_dataset(tmp_path / "b", **options)
+
+@pytest.fixture(scope="module")
+def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("demo") / "dataset"
+    return out, make_demo_dataset(out, **DEMO_OPTIONS)
+
+
+def test_demo_is_deterministic_and_readable(
+    demo_dataset: tuple[Path, object], tmp_path: Path
+) -> None:
+    first_dir, first = demo_dataset
+    make_demo_dataset(tmp_path / "again", **DEMO_OPTIONS)
     assert set(first.splits) == {"s2ef/train", "s2ef/val", "is2rs/val"}
     for split in first.splits:
-        a, b = lmdb_samples(tmp_path / "a" / split), lmdb_samples(tmp_path / "b" / split)
+        a, b = lmdb_samples(first_dir / split), lmdb_samples(tmp_path / "again" / split)
         assert [s.energy for s in a] == [s.energy for s in b]
         assert len(a) == first.splits[split].samples > 0
         for sample in a:
             assert (sample.tags[sample.fixed.bool()] == 0).all()
-            assert (sample.tags[-1] == 2).item()
-    other = make_demo_dataset(tmp_path / "c", **{**options, "seed": 8})
-    assert other.train_systems != first.train_systems or [
-        s.energy for s in lmdb_samples(tmp_path / "c" / "s2ef/train")
-    ] != [s.energy for s in lmdb_samples(tmp_path / "a" / "s2ef/train")]
+            assert sample.tags[-1].item() == 2
+    make_demo_dataset(tmp_path / "other", **{**DEMO_OPTIONS, "seed": 8})
+    energies = [s.energy for s in lmdb_samples(tmp_path / "other" / "s2ef/train")]
+    assert energies != [s.energy for s in lmdb_samples(first_dir / "s2ef/train")]
+
+
+def test_is2rs_lmdb_runs_through_fairchem_relaxation(demo_dataset: tuple[Path, object]) -> None:
+    """fairchem's ml_relax and IS2RS/IS2RE evaluators accept the IS2RS LMDB as written.
+
+    A stand-in trainer pulls every atom towards ``pos_relaxed`` with springs, so a correct
+    relaxation ends at the stored relaxed structure with the stored relaxed energy.
+    """
+    pytest.importorskip("fairchem.core.common.relaxation.ml_relaxation")
+    import torch
+    from fairchem.core.common.relaxation.ml_relaxation import ml_relax
+    from fairchem.core.datasets.lmdb_dataset import data_list_collater
+    from fairchem.core.modules.evaluator import Evaluator
+
+    class SpringTrainer:
+        device = torch.device("cpu")
+
+        def predict(self, batch, per_image=False, disable_tqdm=True):
+            offset = batch.pos - batch.pos_relaxed
+            energy = torch.zeros(len(batch)).index_add_(0, batch.batch, (offset**2).sum(1) / 2)
+            return {"energy": energy + batch.energy_relaxed, "forces": -offset}
+
+    out, _ = demo_dataset
+    batch = data_list_collater(lmdb_samples(out / "is2rs/val"), otf_graph=True)
+    relaxed = ml_relax(batch=batch, model=SpringTrainer(), steps=100, fmax=0.01, relax_opt={})
+    free = relaxed.fixed == 0
+    natoms_free = torch.stack([m.sum() for m in torch.split(free, relaxed.natoms.tolist())])
+    common = {"cell": relaxed.cell, "pbc": torch.tensor([True] * 3), "natoms": natoms_free}
+    prediction = {"positions": relaxed.pos[free], "energy": relaxed.energy, **common}
+    target = {"positions": relaxed.pos_relaxed[free], "energy": relaxed.energy_relaxed, **common}
+    is2rs = Evaluator(task="is2rs").eval(prediction, target, {})
+    assert is2rs["positions_average_distance_within_threshold"]["metric"] == 1.0
+    is2re = Evaluator(task="is2re").eval(prediction, target, {})
+    assert is2re["energy_mae"]["metric"] < 1e-4
+
+
+def test_metadata_satisfies_fairchems_balanced_sampler(demo_dataset: tuple[Path, object]) -> None:
+    data_parallel = pytest.importorskip("fairchem.core.common.data_parallel")
+    datasets = pytest.importorskip("fairchem.core.datasets")
+    out, _ = demo_dataset
+    dataset = datasets.LmdbDataset({"src": str(out / "s2ef/train")})
+    sampler = data_parallel.BalancedBatchSampler(  # on_error="raise": metadata must be usable
+        dataset, batch_size=4, num_replicas=2, rank=0, seed=0, on_error="raise"
+    )
+    indices = next(iter(sampler))
+    assert sampler._get_natoms(indices).tolist() == [dataset[i].natoms for i in indices]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -331,6 +385,15 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserFacingError, match="different atoms"):
         frames = [*ase.io.read(good[0], ":"), Atoms("Cu")]
         system_from_frames("mixed", frames)
+
+
+def test_zero_val_fraction_writes_train_only(tmp_path: Path) -> None:
+    summary = trajectories_to_lmdbs(
+        [write_traj(tmp_path / "only.traj", frames=3)], tmp_path / "out", val_fraction=0.0
+    )
+    assert list(summary.splits) == ["s2ef/train"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dataset.json", "s2ef"]
+    assert [s.fid for s in lmdb_samples(tmp_path / "out" / "s2ef/train")] == [0, 1, 2]
 
 
 def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path: Path) -> None:

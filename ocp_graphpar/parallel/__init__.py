@@ -7,9 +7,11 @@ are autograd functions whose backward passes are their adjoints (see ``collectiv
 from ocp_graphpar.parallel.collectives import (
     all_to_all,
     copy_replicated,
+    gather_replicated,
     gather_rows,
     reduce_partial,
     reduce_scatter_rows,
+    slice_rows,
 )
 from ocp_graphpar.parallel.groups import (
     check_gp_size,
@@ -27,6 +29,7 @@ from ocp_graphpar.parallel.partition import (
     PartitionPlan,
     PartitionStats,
     WorkWeights,
+    atom_work,
     build_partition,
     index_split_owner,
 )
@@ -39,6 +42,7 @@ __all__ = [
     "PartitionStats",
     "WorkWeights",
     "all_to_all",
+    "atom_work",
     "build_partition",
     "check_gp_size",
     "comm_stats",
@@ -46,6 +50,7 @@ __all__ = [
     "counting",
     "dp_rank",
     "dp_size",
+    "gather_replicated",
     "gather_rows",
     "gp_group",
     "gp_rank",
@@ -55,5 +60,6 @@ __all__ = [
     "reduce_partial",
     "reduce_scatter_rows",
     "setup_groups",
+    "slice_rows",
     "teardown_groups",
 ]

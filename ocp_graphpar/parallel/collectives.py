@@ -6,15 +6,23 @@ value). The functions below move tensors between states, and each backward is th
 collective built from the same functions, so the backward is differentiable too and
 ``create_graph=True`` (forces as ``-dE/dpos``, then a loss on them) stays exact:
 
-==========================  =====================  =============================
+==========================  =====================  ==================================
 function                    forward                backward (adjoint)
-==========================  =====================  =============================
+==========================  =====================  ==================================
 ``all_to_all``              uneven all-to-all      all-to-all with splits swapped
 ``gather_rows``             all-gather of shards   reduce-scatter
 ``reduce_scatter_rows``     reduce-scatter         all-gather
+``gather_replicated``       all-gather of shards   own rows of the gradient (no call)
+``slice_rows``              own rows (no call)     all-gather (``gather_replicated``)
 ``reduce_partial``          all-reduce (sum)       identity (``copy_replicated``)
 ``copy_replicated``         identity               all-reduce (``reduce_partial``)
-==========================  =====================  =============================
+==========================  =====================  ==================================
+
+The two gathers differ in who consumes the result. Every rank runs backward from the same
+(replicated) loss, so a tensor that every rank then uses identically (model outputs, losses,
+metrics) has a *replicated* gradient, and its shards' gradients are plain slices of it
+(``gather_replicated``). A tensor that each rank uses for its own part of the work has a
+*partial* gradient on each rank, which must be summed (``gather_rows``).
 
 With no GP group (or a group of one rank) every function is the identity and issues no call.
 Row counts come from the partition plan, which every rank builds identically, so no collective
@@ -23,6 +31,7 @@ ever exchanges sizes first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -34,7 +43,7 @@ from ocp_graphpar.parallel.stats import comm_stats
 
 
 def _nbytes(rows: int, like: Tensor) -> int:
-    return rows * (like[0].numel() if like.dim() > 1 else 1) * like.element_size()
+    return rows * math.prod(like.shape[1:]) * like.element_size()
 
 
 def _row_shape(x: Tensor, rows: int) -> tuple[int, ...]:
@@ -56,17 +65,21 @@ class _AllToAll(torch.autograd.Function):
         return _AllToAll.apply(grad, recv_counts, send_counts), None, None
 
 
+def _all_gather_rows(x: Tensor, counts: list[int]) -> Tensor:
+    # gloo's all_gather needs equal sizes: pad to the largest share, then trim.
+    padded = x.new_zeros(_row_shape(x, max(counts)))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded, group=gp_group())
+    comm_stats().record("all_gather", _nbytes(sum(counts) - counts[gp_rank()], x))
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
         ctx.counts = counts
-        width = max(counts)
-        padded = x.new_zeros(_row_shape(x, width))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in counts]
-        dist.all_gather(parts, padded, group=gp_group())
-        comm_stats().record("all_gather", _nbytes(sum(counts) - counts[gp_rank()], x))
-        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+        return _all_gather_rows(x, counts)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -92,6 +105,29 @@ class _ReduceScatterRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return _GatherRows.apply(grad, ctx.counts), None
+
+
+class _GatherReplicated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
+        ctx.counts = counts
+        return _all_gather_rows(x, counts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _SliceRows.apply(grad, ctx.counts), None
+
+
+class _SliceRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
+        ctx.counts = counts
+        start = sum(counts[: gp_rank()])
+        return x[start : start + counts[gp_rank()]].clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _GatherReplicated.apply(grad, ctx.counts), None
 
 
 class _ReducePartial(torch.autograd.Function):
@@ -132,7 +168,8 @@ def all_to_all(x: Tensor, send_counts: Sequence[int], recv_counts: Sequence[int]
 
 
 def gather_rows(x: Tensor, counts: Sequence[int]) -> Tensor:
-    """Concatenate every rank's rows (sharded -> replicated).
+    """Concatenate every rank's rows for consumers that use them rank by rank
+    (sharded -> replicated values with partial gradients).
 
     Args:
         x: ``(counts[rank], *F)``.
@@ -142,6 +179,34 @@ def gather_rows(x: Tensor, counts: Sequence[int]) -> Tensor:
     if gp_size() == 1:
         return x
     return _GatherRows.apply(x, list(counts))
+
+
+def gather_replicated(x: Tensor, counts: Sequence[int]) -> Tensor:
+    """Concatenate every rank's rows for consumers that every rank runs identically
+    (sharded -> replicated), e.g. per-atom model outputs that go into the loss.
+
+    Args:
+        x: ``(counts[rank], *F)``.
+    Returns:
+        ``(sum(counts), *F)``; the gradient of the shard is this rank's rows of the (replicated)
+        gradient, so the backward pass needs no communication.
+    """
+    if gp_size() == 1:
+        return x
+    return _GatherReplicated.apply(x, list(counts))
+
+
+def slice_rows(x: Tensor, counts: Sequence[int]) -> Tensor:
+    """This rank's rows of a replicated tensor (replicated -> sharded); the gradient is gathered.
+
+    Args:
+        x: ``(sum(counts), *F)``.
+    Returns:
+        ``(counts[rank], *F)``.
+    """
+    if gp_size() == 1:
+        return x
+    return _SliceRows.apply(x, list(counts))
 
 
 def reduce_scatter_rows(x: Tensor, counts: Sequence[int]) -> Tensor:

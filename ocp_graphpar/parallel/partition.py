@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ocp_graphpar.parallel.collectives import all_to_all, gather_rows
+from ocp_graphpar.parallel.collectives import all_to_all, gather_replicated
 from ocp_graphpar.parallel.groups import gp_rank, gp_size
 
 
@@ -161,8 +161,9 @@ class PartitionPlan:
         return extended[self.edge_reverse]
 
     def gather_atoms(self, owned_atoms: Tensor) -> Tensor:
-        """Per-atom rows of every rank in global atom order, ``(N, *F)``, on every rank."""
-        return gather_rows(owned_atoms, self.stats.atoms)[self.atom_gather_index]
+        """Per-atom rows of every rank in global atom order, ``(N, *F)``, on every rank, for
+        consumers that every rank runs identically (outputs, losses)."""
+        return gather_replicated(owned_atoms, self.stats.atoms)[self.atom_gather_index]
 
     def owned_triplets(self, out_edge: Tensor, in_edge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Select the triplets whose output edge is owned and renumber their edges locally.
@@ -212,21 +213,11 @@ def build_partition(
     batch, pos, edge_index = batch.detach(), pos.detach(), edge_index.detach()
     num_atoms, device = batch.numel(), batch.device
     src, dst = edge_index[0], edge_index[1]
-    in_degree = torch.bincount(dst, minlength=num_atoms)
     if triplets_per_edge is None:
-        triplets_per_edge = (in_degree[dst] - 1).clamp(min=0)
-    triplets_at_atom = torch.zeros(num_atoms, dtype=torch.long, device=device).index_add_(
-        0, dst, triplets_per_edge.long()
-    )
-    weights = weights or WorkWeights()
-    work = (
-        weights.atom
-        + weights.edge * in_degree.double()
-        + weights.triplet * triplets_at_atom.double()
-    )
+        triplets_per_edge = shared_target_triplets(dst, num_atoms)
+    work = atom_work(edge_index, num_atoms, triplets_per_edge, weights)
     if atom_owner is None:
-        order = spatial_order(batch, pos, cell, edge_index)
-        atom_owner = split_by_work(order, work, size)
+        atom_owner = balanced_spatial_owner(batch, pos, cell, edge_index, work, size)
     atom_owner = atom_owner.to(device=device, dtype=torch.long)
     edge_owner = atom_owner[dst]
 
@@ -276,61 +267,128 @@ def build_partition(
     )
 
 
-def spatial_order(batch: Tensor, pos: Tensor, cell: Tensor | None, edge_index: Tensor) -> Tensor:
-    """A permutation of the atoms, system by system, that keeps bonded atoms close.
+def balanced_spatial_owner(
+    batch: Tensor,
+    pos: Tensor,
+    cell: Tensor | None,
+    edge_index: Tensor,
+    work: Tensor,
+    size: int,
+    snap: float = 0.05,
+) -> Tensor:
+    """Assign atoms to ``size`` ranks: contiguous in a spatial order, balanced in ``work``.
 
-    Each system is sorted along the cell axis (fractional coordinate, started at the widest
-    gap, so periodic images are not split and a slab's vacuum becomes the start) or the index
-    order, whichever gives the smallest total ``|position(i) - position(j)|`` over its edges.
-
-    Returns:
-        ``(N,)`` atom ids; atoms of system ``b`` come before those of system ``b + 1``.
-    """
-    coords = _fractional(batch, pos, cell)
-    src, dst = edge_index
-    system_bounds = torch.cumsum(
-        torch.bincount(batch, minlength=int(batch.max()) + 1 if batch.numel() else 0), 0
-    )
-    orders, start = [], 0
-    for stop in system_bounds.tolist():
-        atom_ids = torch.arange(start, stop, device=batch.device)
-        in_system = (dst >= start) & (dst < stop)
-        s, d = src[in_system] - start, dst[in_system] - start
-        candidates = [atom_ids] + [
-            atom_ids[_cyclic_order(coords[start:stop, axis])] for axis in range(3)
-        ]
-        orders.append(min(candidates, key=lambda order: _arrangement_cost(order - start, s, d)))
-        start = stop
-    return torch.cat(orders) if orders else torch.empty(0, dtype=torch.long, device=batch.device)
-
-
-def split_by_work(order: Tensor, work: Tensor, size: int) -> Tensor:
-    """Cut ``order`` into ``size`` contiguous pieces of near-equal total ``work``.
-
-    An atom goes to the rank whose share of the cumulative work contains the atom's midpoint,
-    so a piece's work is off by at most half an atom at each end.
+    The atoms are laid out system after system and cut where the cumulative work crosses
+    ``r * total / size``; each atom goes to the rank whose share holds the midpoint of its own
+    work, so a share is off by at most half an atom at each end. A cut within ``snap`` of a
+    share's work from a system boundary moves onto it (a system kept whole costs no cut edge).
+    The layout is chosen for the fewest cut edges among a few system orders (batch order, by
+    work descending and ascending, and whole systems packed into balanced bins) and, inside each cut system, among atom orders (index order,
+    and each cell axis by fractional coordinate, started at the widest gap so a periodic
+    direction is cut once and a slab's vacuum comes first).
 
     Returns:
         ``(N,)`` owning rank of each atom.
     """
-    ordered_work = work[order]
-    total = ordered_work.sum()
-    midpoint = torch.cumsum(ordered_work, 0) - ordered_work / 2
-    rank_in_order = (
-        (midpoint * size / total).floor().long().clamp(0, size - 1)
-        if total > 0
-        else torch.zeros_like(order)
-    )
+    coords = _fractional(batch, pos, cell)
+    counts = torch.bincount(batch) if batch.numel() else torch.zeros(0, dtype=torch.long)
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    spans = [(a, a + n) for a, n in zip(starts, counts.tolist())]
+    system_work = [float(work[a:b].sum()) for a, b in spans]
+    by_work = sorted(range(len(spans)), key=lambda i: -system_work[i])
+    layouts = [list(range(len(spans))), by_work, by_work[::-1], _packed(by_work, system_work, size)]
+    best, best_cut = None, None
+    for layout in layouts:
+        owner, cut = _layout_owner(layout, spans, system_work, coords, edge_index, work, size, snap)
+        if best_cut is None or cut < best_cut:
+            best, best_cut = owner, cut
+    return best if best is not None else torch.zeros_like(batch)
+
+
+def _packed(by_work: list[int], system_work: list[float], size: int) -> list[int]:
+    """Systems packed whole into ``size`` bins (largest first into the lightest bin) and laid
+    out bin after bin, so the cuts fall near system boundaries."""
+    bins: list[list[int]] = [[] for _ in range(size)]
+    loads = [0.0] * size
+    for i in by_work:
+        lightest = loads.index(min(loads))
+        bins[lightest].append(i)
+        loads[lightest] += system_work[i]
+    return [i for b in bins for i in b]
+
+
+def _layout_owner(layout, spans, system_work, coords, edge_index, work, size, snap):
+    """Owners and cut-edge count for systems laid out in the order ``layout``."""
+    total = sum(system_work)
+    share = total / size
+    bounds = [0.0]
+    for i in layout:
+        bounds.append(bounds[-1] + system_work[i])
+    thresholds = []
+    for r in range(1, size):
+        ideal = r * share
+        nearest = min(bounds, key=lambda b: abs(b - ideal))
+        thresholds.append(nearest if abs(nearest - ideal) <= snap * share else ideal)
+    thresholds = torch.tensor(thresholds, dtype=torch.double)
+
+    src, dst = edge_index
+    owner = torch.zeros(coords.shape[0], dtype=torch.long, device=work.device)
+    cut = 0
+    for i, offset in zip(layout, bounds):
+        start, stop = spans[i]
+        in_system = (dst >= start) & (dst < stop)
+        s, d = src[in_system] - start, dst[in_system] - start
+        candidates = [torch.arange(stop - start, device=work.device)] + [
+            _cyclic_order(coords[start:stop, axis]) for axis in range(3)
+        ]
+        options = [_assign(order, work[start:stop], offset, thresholds) for order in candidates]
+        costs = [int((a[s] != a[d]).sum()) for a in options]
+        choice = min(range(len(options)), key=costs.__getitem__)
+        owner[start:stop] = options[choice]
+        cut += costs[choice]
+    return owner, cut
+
+
+def _assign(order: Tensor, work: Tensor, offset: float, thresholds: Tensor) -> Tensor:
+    """Owner of each atom of one system, visited in ``order`` after ``offset`` work."""
+    ordered = work[order]
+    midpoint = offset + torch.cumsum(ordered, 0) - ordered / 2
     owner = torch.empty_like(order)
-    owner[order] = rank_in_order
+    owner[order] = torch.searchsorted(thresholds.to(midpoint.device), midpoint, right=True)
     return owner
 
 
-def index_split_owner(num_atoms: int, size: int) -> Tensor:
-    """Contiguous index split (upstream's ``np.array_split`` rule), for comparison."""
-    base, extra = divmod(num_atoms, size)
-    counts = torch.tensor([base + (r < extra) for r in range(size)])
-    return torch.repeat_interleave(torch.arange(size), counts)
+def index_split_owner(num_atoms: int, size: int, work: Tensor | None = None) -> Tensor:
+    """Contiguous split of the atoms in index order, for comparison: equal atom counts
+    (upstream's ``np.array_split`` rule) or, given ``work (N,)``, equal work."""
+    if work is None:
+        base, extra = divmod(num_atoms, size)
+        counts = torch.tensor([base + (r < extra) for r in range(size)])
+        return torch.repeat_interleave(torch.arange(size), counts)
+    thresholds = torch.arange(1, size, dtype=torch.double) * float(work.sum()) / size
+    return _assign(torch.arange(num_atoms), work.double(), 0.0, thresholds)
+
+
+def shared_target_triplets(dst: Tensor, num_atoms: int) -> Tensor:
+    """``(E,)`` triplets ``b -> a <- c`` per output edge ``c -> a``: the other edges into ``a``."""
+    return (torch.bincount(dst, minlength=num_atoms)[dst] - 1).clamp(min=0)
+
+
+def atom_work(
+    edge_index: Tensor,
+    num_atoms: int,
+    triplets_per_edge: Tensor | None = None,
+    weights: WorkWeights | None = None,
+) -> Tensor:
+    """``(N,)`` estimated work of each atom: its own, its incoming edges' and their triplets'."""
+    dst = edge_index[1]
+    in_degree = torch.bincount(dst, minlength=num_atoms)
+    if triplets_per_edge is None:
+        triplets_per_edge = shared_target_triplets(dst, num_atoms)
+    triplets = torch.zeros(num_atoms, dtype=torch.double, device=dst.device)
+    triplets.index_add_(0, dst, triplets_per_edge.double())
+    weights = weights or WorkWeights()
+    return weights.atom + weights.edge * in_degree.double() + weights.triplet * triplets
 
 
 def _fractional(batch: Tensor, pos: Tensor, cell: Tensor | None) -> Tensor:
@@ -356,12 +414,6 @@ def _cyclic_order(coord: Tensor) -> Tensor:
     )
     start = (int(torch.argmax(gaps)) + 1) % coord.numel()
     return torch.roll(order, -start)
-
-
-def _arrangement_cost(order: Tensor, src: Tensor, dst: Tensor) -> int:
-    position = torch.empty_like(order)
-    position[order] = torch.arange(order.numel(), device=order.device)
-    return int((position[src] - position[dst]).abs().sum())
 
 
 def _local_rows(owner: Tensor, size: int) -> Tensor:

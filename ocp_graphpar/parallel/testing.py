@@ -13,7 +13,7 @@ import os
 import socket
 import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 _STOP = None
@@ -35,7 +35,7 @@ class GlooWorld:
             results = world.run(my_function, arg, gp_size=2)   # one result per rank
     """
 
-    def __init__(self, world_size: int, *, threads_per_rank: int = 1, timeout_s: float = 600.0):
+    def __init__(self, world_size: int, *, threads_per_rank: int = 1, timeout_s: float = 300.0):
         self.world_size = world_size
         self.timeout_s = timeout_s
         context = mp.get_context("spawn")
@@ -62,23 +62,36 @@ class GlooWorld:
         gp_size = gp_size or self.world_size
         for conn in self._conns:
             conn.send((fn, args, kwargs, gp_size))
-        results, errors = [], []
-        for rank, conn in enumerate(self._conns):
-            if not conn.poll(self.timeout_s):
+        results: dict[int, Any] = {}
+        pending = dict(enumerate(self._conns))
+        while pending:
+            ready = wait(list(pending.values()), timeout=self.timeout_s)
+            if not ready:
                 self.close()
-                raise TimeoutError(f"rank {rank} gave no answer in {self.timeout_s:.0f} s")
-            status, payload = conn.recv()
-            (results if status == "ok" else errors).append(payload)
-        if errors:
-            raise RuntimeError("a worker rank failed:\n" + errors[0])
-        return results
+                raise TimeoutError(
+                    f"ranks {sorted(pending)} gave no answer in {self.timeout_s:.0f} s"
+                )
+            for rank in [r for r, conn in pending.items() if conn in ready]:
+                status, payload = pending.pop(rank).recv()
+                if status != "ok":
+                    # The other ranks may be blocked in a collective the failed rank never
+                    # reached: stop the world rather than wait for them.
+                    self.close(force=True)
+                    raise RuntimeError(f"a worker rank failed:\n{payload}")
+                results[rank] = payload
+        return [results[rank] for rank in range(self.world_size)]
 
-    def close(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return bool(self._procs) and all(proc.is_alive() for proc in self._procs)
+
+    def close(self, force: bool = False) -> None:
+        """Stop the workers (``force``: kill them at once)."""
         for conn in self._conns:
             with contextlib.suppress(BrokenPipeError, OSError):
                 conn.send(_STOP)
         for proc in self._procs:
-            proc.join(timeout=10)
+            proc.join(timeout=0 if force else 10)
             if proc.is_alive():
                 proc.kill()
         self._conns, self._procs = [], []

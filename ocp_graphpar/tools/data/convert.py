@@ -121,7 +121,7 @@ class LinearReference:
         ``create_element_references(file=...)`` loads.
         """
         as_json = {
-            "description": "energy_stored = energy_raw - sum over atoms of coefficients_eV[element]",
+            "description": "stored energy = raw energy - sum of coefficients_eV over atoms",
             "fit": "least squares on every frame of the training systems",
             "n_frames": self.n_frames,
             "rmse_eV": self.rmse,
@@ -187,7 +187,7 @@ class DatasetSummary:
         lines = [f"wrote {self.out} in {self.seconds:.1f} s"]
         for name, split in self.splits.items():
             lines.append(
-                f"  {name:<10} {split.samples:>7} samples from {split.systems:>4} systems  "
+                f"  {name:<10} {split.samples:>7} samples from {split.systems:>4} system(s)  "
                 f"{split.path}"
             )
         if self.linear_reference is not None:
@@ -198,7 +198,7 @@ class DatasetSummary:
             )
         given = len(self.train_systems) + len(self.val_systems) - self.derived_tags
         lines.append(
-            f"  OC20 tags (0 fixed slab, 1 free slab, 2 adsorbate): {self.derived_tags} systems "
+            f"  OC20 tags (0 fixed slab, 1 free slab, 2 adsorbate): {self.derived_tags} system(s) "
             f"derived, {given} as given in the input"
         )
         return "\n".join(lines)

@@ -84,7 +84,7 @@ def derive_oc20_tags(numbers: np.ndarray, fixed: np.ndarray) -> np.ndarray:
 
 
 def _frame_energy_forces(atoms: Atoms, index: int, source: str) -> tuple[float, np.ndarray]:
-    """Energy (eV) and raw forces (n, 3) of one frame, or a UserFacingError saying what is missing."""
+    """Energy (eV) and raw forces (n, 3) of one frame; UserFacingError if either is missing."""
     where = f"frame {index} of {source}"
     if atoms.calc is None:
         raise UserFacingError(

@@ -1,0 +1,1 @@
+"""Benchmarks: communication, memory, load and time, ours side by side with upstream."""
