@@ -29,6 +29,7 @@ TINY = dict(
 
 def upstream_model(seed: int = 0, **overrides) -> GemNetT:
     """Upstream GemNet-T in float64 with fitted (non-trivial) scale factors."""
+    torch.set_default_dtype(torch.float64)  # bases' constant buffers are made in this dtype
     torch.manual_seed(seed)
     model = GemNetT(**{**TINY, **overrides}).double()
     from fairchem.core.modules.scaling.scale_factor import ScaleFactor
@@ -85,7 +86,9 @@ def ddp_gradients(global_batches, overrides: dict, checkpointing: bool = False) 
         loss.backward()
     return {
         "loss": loss.detach(),
-        "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()},
+        "grads": {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad
+        },
         "comm": stats.as_dict(),
     }
 
@@ -97,5 +100,7 @@ def reference_gradients(global_batches, overrides: dict) -> dict:
     loss.backward()
     return {
         "loss": loss.detach(),
-        "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()},
+        "grads": {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad
+        },
     }

@@ -100,9 +100,10 @@ def reverse_edges(edge_index: torch.Tensor, cell_offsets: torch.Tensor) -> torch
 
 def fairchem_batch(atoms_list, *, dtype=torch.float64, edges: bool = True):
     """A fairchem/PyG batch of ASE structures, with OC20's 6 A / 50-neighbour graph when
-    ``edges`` (for ``otf_graph: false``) and positions and cells in ``dtype``."""
+    ``edges`` (for ``otf_graph: false``) and positions in ``dtype``. Cells stay float32, as
+    fairchem stores them (its on-the-fly graph builder assumes float32 cells)."""
+    from fairchem.core.datasets.lmdb_dataset import data_list_collater
     from fairchem.core.preprocessing import AtomsToGraphs
-    from torch_geometric.data import Batch
 
     a2g = AtomsToGraphs(max_neigh=50, radius=6, r_energy=True, r_forces=True, r_edges=edges)
     data_list = []
@@ -110,9 +111,8 @@ def fairchem_batch(atoms_list, *, dtype=torch.float64, edges: bool = True):
         data = a2g.convert(atoms)
         data.sid = index
         data_list.append(data)
-    batch = Batch.from_data_list(data_list)
+    batch = data_list_collater(data_list, otf_graph=not edges)
     batch.pos = batch.pos.to(dtype)
-    batch.cell = batch.cell.to(dtype)
     return batch
 
 
