@@ -104,3 +104,20 @@ def reference_gradients(global_batches, overrides: dict) -> dict:
             n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad
         },
     }
+
+
+def fit_scale_factors(batch) -> list[float]:
+    """Fit every scale factor of a fresh GemNet-XL in module order, one at a time (as
+    fairchem's fitting script does), and return the fitted values."""
+    from fairchem.core.modules.scaling.scale_factor import ScaleFactor
+
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    model = GemNetXL(**TINY, direct_forces=True).double()
+    values = []
+    for factor in (m for m in model.modules() if isinstance(m, ScaleFactor)):
+        with factor.fit_context_(), torch.no_grad():
+            model(batch.clone())
+            _, _, value = factor.fit_()
+        values.append(value)
+    return values

@@ -16,6 +16,7 @@ from ocp_graphpar.models.gemnet_xl.scaling import (
     load_scale_dict,
     make_scale_factors_graph_parallel,
 )
+from ocp_graphpar.models.gemnet_xl.widths import check_widths_on_load
 from ocp_graphpar.models.gradient_scaling import scale_gradients_for_ddp
 from ocp_graphpar.parallel import WorkWeights, reduce_partial
 
@@ -50,6 +51,7 @@ class GemNetXL(GemNetT):
         self.partition_weights = WorkWeights(**(partition_weights or {}))
         make_scale_factors_graph_parallel(self)
         scale_gradients_for_ddp(self)
+        check_widths_on_load(self)
 
     @conditional_grad(torch.enable_grad())
     def forward(self, data) -> dict[str, Tensor]:
