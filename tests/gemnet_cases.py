@@ -6,7 +6,6 @@ import torch
 from fairchem.core.models.gemnet.gemnet import GemNetT
 
 from ocp_graphpar.models import GemNetXL
-from ocp_graphpar.parallel import counting, dp_rank, dp_size
 
 TINY = dict(
     num_spherical=3,
@@ -41,9 +40,10 @@ def upstream_model(seed: int = 0, **overrides) -> GemNetT:
     return model
 
 
-def graph_parallel_model(seed: int = 0, **overrides) -> GemNetXL:
+def graph_parallel_model(seed: int = 0, options: dict | None = None, **overrides) -> GemNetXL:
+    """GemNet-XL with upstream's weights; ``options`` are GemNet-XL's own arguments."""
     upstream = upstream_model(seed, **overrides)
-    model = GemNetXL(**{**TINY, **overrides}).double()
+    model = GemNetXL(**{**TINY, **overrides}, **(options or {})).double()
     model.load_state_dict(upstream.state_dict(), strict=True)
     return model
 
@@ -58,52 +58,6 @@ def predict(model, batch) -> dict:
 
 def predict_graph_parallel(batch, overrides: dict) -> dict:
     return predict(graph_parallel_model(**overrides), batch)
-
-
-def losses(model, batches) -> torch.Tensor:
-    """Mean over DP batches of energy MSE + 10 x force MSE against the batches' DFT labels."""
-    total = 0
-    for batch in batches:
-        batch = batch.clone()
-        out = model(batch)
-        energy_loss = ((out["energy"].squeeze(-1) - batch.energy.double()) ** 2).mean()
-        force_loss = ((out["forces"] - batch.forces.double()) ** 2).mean()
-        total = total + energy_loss + 10 * force_loss
-    return total / len(batches)
-
-
-def ddp_gradients(global_batches, overrides: dict, checkpointing: bool = False) -> dict:
-    """Train-step gradients through DDP over dp x gp ranks; each DP group takes its batch."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    torch.set_default_dtype(torch.float64)
-    model = graph_parallel_model(**overrides)
-    model.activation_checkpointing = checkpointing
-    ddp = DistributedDataParallel(model)
-    assert len(global_batches) == dp_size()
-    with counting() as stats:
-        loss = losses(ddp, [global_batches[dp_rank()]])
-        loss.backward()
-    return {
-        "loss": loss.detach(),
-        "grads": {
-            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad
-        },
-        "comm": stats.as_dict(),
-    }
-
-
-def reference_gradients(global_batches, overrides: dict) -> dict:
-    torch.set_default_dtype(torch.float64)
-    model = upstream_model(**overrides)
-    loss = losses(model, global_batches)
-    loss.backward()
-    return {
-        "loss": loss.detach(),
-        "grads": {
-            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad
-        },
-    }
 
 
 def fit_scale_factors(batch) -> list[float]:
@@ -121,3 +75,11 @@ def fit_scale_factors(batch) -> list[float]:
             _, _, value = factor.fit_()
         values.append(value)
     return values
+
+
+def forward_report(batch, overrides: dict) -> dict:
+    """One forward pass; the model's own report of its partition and collectives."""
+    torch.set_default_dtype(torch.float64)
+    model = graph_parallel_model(**overrides)
+    model(batch.clone())
+    return model.last_forward

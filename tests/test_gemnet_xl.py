@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from gemnet_cases import (
-    ddp_gradients,
     graph_parallel_model,
     predict,
     predict_graph_parallel,
-    reference_gradients,
     upstream_model,
 )
 from oc20 import fairchem_batch, oc20_batch_atoms
+from training_cases import ddp_gradients, reference_gradients
 
 RTOL = 1e-10
 
@@ -64,8 +65,9 @@ def test_ddp_gradient_equals_single_process(gloo_world, world, gp, direct_forces
     atoms = oc20_batch_atoms(2 * dp)
     batches = [fairchem_batch(atoms[2 * d : 2 * d + 2]) for d in range(dp)]
     overrides = {"direct_forces": direct_forces}
-    expected = reference_gradients(batches, overrides)
-    for result in gloo_world(world).run(ddp_gradients, batches, overrides, gp_size=gp):
+    expected = reference_gradients(partial(upstream_model, **overrides), batches)
+    build = partial(graph_parallel_model, **overrides)
+    for result in gloo_world(world).run(ddp_gradients, build, batches, gp_size=gp):
         assert set(result["grads"]) == set(expected["grads"])
         for name, grad in expected["grads"].items():
             assert rel_err(result["grads"][name], grad) < 1e-9, name
@@ -73,12 +75,34 @@ def test_ddp_gradient_equals_single_process(gloo_world, world, gp, direct_forces
 
 def test_activation_checkpointing_keeps_gradients(gloo_world):
     batches = [fairchem_batch(oc20_batch_atoms(2))]
-    overrides = {"direct_forces": True}
-    expected = reference_gradients(batches, overrides)
-    results = gloo_world(2).run(ddp_gradients, batches, overrides, checkpointing=True)
-    plain = gloo_world(2).run(ddp_gradients, batches, overrides)
+    expected = reference_gradients(partial(upstream_model, direct_forces=True), batches)
+    build = partial(graph_parallel_model, direct_forces=True)
+    options = {"activation_checkpointing": True}
+    results = gloo_world(2).run(ddp_gradients, partial(build, options=options), batches)
+    plain = gloo_world(2).run(ddp_gradients, build, batches)
     for result in results:
         for name, grad in expected["grads"].items():
             assert rel_err(result["grads"][name], grad) < 1e-9, name
     # recomputation repeats the blocks' forward exchanges in the backward pass
     assert results[0]["comm"]["all_to_all"]["calls"] > plain[0]["comm"]["all_to_all"]["calls"]
+
+
+def test_forward_moves_only_halo_rows_and_the_outputs(gloo_world, batch):
+    """Per block: one atom-halo and one reverse-edge exchange; no edge tensor is gathered."""
+    from gemnet_cases import TINY, forward_report
+
+    reports = gloo_world(4).run(forward_report, batch, {"direct_forces": True})
+    blocks, atoms = TINY["num_blocks"], batch.pos.shape[0]
+    for rank, report in enumerate(reports):
+        stats, comm = report["partition"], report["comm"]
+        assert set(comm) == {"all_to_all", "all_reduce", "all_gather"}
+        # edge embedding + one concat layer per block exchange atoms; one bilinear exchange per block
+        assert comm["all_to_all"]["calls"] == 1 + 2 * blocks
+        halo_bytes = 8 * (
+            (1 + blocks) * TINY["emb_size_atom"] * stats.atom_halo[rank]
+            + blocks * TINY["emb_size_bil_trip"] * stats.reverse_halo[rank]
+        )
+        assert comm["all_to_all"]["bytes"] == halo_bytes
+        assert comm["all_reduce"]["calls"] == 1  # per-system energies
+        assert comm["all_gather"] == {"calls": 1, "bytes": 8 * 3 * (atoms - stats.atoms[rank])}
+    assert sum(stats.atoms) == atoms and min(stats.atoms) > 0

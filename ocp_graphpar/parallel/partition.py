@@ -108,6 +108,8 @@ class PartitionPlan:
     Attributes:
         rank, size: this rank and the GP group size P.
         atom_owner: ``(N,)`` owning rank of every atom.
+        edge_owner: ``(E,)`` owning rank of every edge (the owner of its target atom).
+        edge_rows: ``(E,)`` row of every edge among its owner's owned edges.
         atoms: ``(n_atoms,)`` global ids of the owned atoms.
         edges: ``(n_edges,)`` global ids of the owned edges (target atom owned).
         edge_src: ``(n_edges,)`` source atom of each owned edge, as a row of
@@ -125,6 +127,8 @@ class PartitionPlan:
     rank: int
     size: int
     atom_owner: Tensor
+    edge_owner: Tensor
+    edge_rows: Tensor
     atoms: Tensor
     edges: Tensor
     edge_src: Tensor
@@ -159,6 +163,20 @@ class PartitionPlan:
             raise ValueError("the plan was built without reverse edges")
         extended = torch.cat([owned_edges, self.reverse_halo.exchange(owned_edges)])
         return extended[self.edge_reverse]
+
+    def edge_halo(self, requester: Tensor, edge: Tensor) -> tuple[Halo, Tensor]:
+        """A halo of edges other ranks own, for models whose work needs more than the reverse
+        edge (e.g. DimeNet++'s input edges ``k -> j`` of triplets ``k -> j -> i``).
+
+        Args:
+            requester, edge: ``(M,)`` pairs (rank that needs the edge, global edge id), the same
+                on every rank; duplicates and pairs a rank owns itself are dropped.
+        Returns:
+            The halo, and ``(E,)`` the row of every global edge in ``cat([owned edges,
+            received edges])`` (-1 where this rank holds neither).
+        """
+        halo, _ = build_halo(requester, edge, self.edge_owner, self.edge_rows, self.size, self.rank)
+        return halo, _slots(self.edge_owner.numel(), self.edges, halo.recv_global)
 
     def gather_atoms(self, owned_atoms: Tensor) -> Tensor:
         """Per-atom rows of every rank in global atom order, ``(N, *F)``, on every rank, for
@@ -222,19 +240,19 @@ def build_partition(
     edge_owner = atom_owner[dst]
 
     atom_local = _local_rows(atom_owner, size)
-    edge_local_all = _local_rows(edge_owner, size)
+    edge_rows = _local_rows(edge_owner, size)
     atoms = (atom_owner == rank).nonzero().flatten()
     edges = (edge_owner == rank).nonzero().flatten()
 
-    atom_halo, atom_halo_sizes = _build_halo(edge_owner, src, atom_owner, atom_local, size, rank)
+    atom_halo, atom_halo_sizes = build_halo(edge_owner, src, atom_owner, atom_local, size, rank)
     atom_slot = _slots(num_atoms, atoms, atom_halo.recv_global)
 
     edge_slot = _slots(src.numel(), edges, torch.empty(0, dtype=torch.long, device=device))
     reverse_halo = edge_reverse = None
     reverse_sizes = [0] * size
     if reverse_edge is not None:
-        reverse_halo, reverse_sizes = _build_halo(
-            edge_owner, reverse_edge, edge_owner, edge_local_all, size, rank
+        reverse_halo, reverse_sizes = build_halo(
+            edge_owner, reverse_edge, edge_owner, edge_rows, size, rank
         )
         edge_slot = _slots(src.numel(), edges, reverse_halo.recv_global)
         edge_reverse = edge_slot[reverse_edge[edges]]
@@ -254,6 +272,8 @@ def build_partition(
         rank=rank,
         size=size,
         atom_owner=atom_owner,
+        edge_owner=edge_owner,
+        edge_rows=edge_rows,
         atoms=atoms,
         edges=edges,
         edge_src=atom_slot[src[edges]],
@@ -431,7 +451,7 @@ def _starts(owner: Tensor, size: int) -> Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-def _build_halo(
+def build_halo(
     requester: Tensor, item: Tensor, item_owner: Tensor, item_local: Tensor, size: int, rank: int
 ) -> tuple[Halo, list[int]]:
     """The halo for (requester rank, item) pairs; returns it and every rank's halo size."""

@@ -18,7 +18,7 @@ from ocp_graphpar.models.gemnet_xl.scaling import (
 )
 from ocp_graphpar.models.gemnet_xl.widths import check_widths_on_load
 from ocp_graphpar.models.gradient_scaling import scale_gradients_for_ddp
-from ocp_graphpar.parallel import WorkWeights, reduce_partial
+from ocp_graphpar.parallel import WorkWeights, counting, reduce_partial
 
 
 @registry.register_model("gemnet_xl")
@@ -52,12 +52,26 @@ class GemNetXL(GemNetT):
         make_scale_factors_graph_parallel(self)
         scale_gradients_for_ddp(self)
         check_widths_on_load(self)
+        self.last_forward: dict = {}
 
     @conditional_grad(torch.enable_grad())
     def forward(self, data) -> dict[str, Tensor]:
+        """Per-system energies ``(B, 1)`` and per-atom forces ``(N, 3)``, on every GP rank.
+
+        After each call, ``last_forward`` holds the partition statistics (per-rank atoms, edges,
+        triplets, halo sizes, cut edges, load) and the bytes and calls of each collective kind
+        this rank issued in the forward pass.
+        """
+        with counting() as comm:
+            outputs = self._forward(data)
+        self.last_forward = {"partition": self._last_plan.stats, "comm": comm.as_dict()}
+        return outputs
+
+    def _forward(self, data) -> dict[str, Tensor]:
         if self.regress_forces and not self.direct_forces:
             data.pos.requires_grad_(True)
         graph = build_local_graph(self, data, self.partition_weights)
+        self._last_plan = graph.plan
         bases = self._bases(graph)
 
         h = self.atom_emb(data.atomic_numbers.long()[graph.plan.atoms])  # (n_atoms, A)

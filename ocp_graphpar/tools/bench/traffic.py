@@ -55,3 +55,58 @@ def compare_on_rank(model_config: dict, batch, seed: int = 0, dtype=torch.float3
     with upstream_gp_alias():
         result["upstream"] = training_step_bytes(upstream, batch)
     return result
+
+
+def compare_in_world(model_config: dict, batch, size: int) -> list[dict]:
+    """:func:`compare_on_rank` on ``size`` spawned gloo ranks; one result per rank."""
+    from ocp_graphpar.parallel.testing import run_ranks
+
+    return run_ranks(compare_on_rank, size, model_config, batch)
+
+
+def _main() -> None:
+    import argparse
+    import json
+    from pathlib import Path
+
+    from ase.io import read
+    from fairchem.core.common.utils import load_config
+    from fairchem.core.datasets.lmdb_dataset import data_list_collater
+    from fairchem.core.preprocessing import AtomsToGraphs
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/s2ef/gemnet_xl.yml")
+    parser.add_argument("--traj", nargs="+", required=True, help="one structure per file (frame 0)")
+    parser.add_argument("--gp", type=int, default=4)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    model_config = dict(load_config(args.config)[0]["model"])
+    model_config.pop("name")
+    for key in ("activation_checkpointing", "partition_weights"):
+        model_config.pop(key, None)
+    a2g = AtomsToGraphs(max_neigh=50, radius=6, r_energy=True, r_forces=True, r_edges=True)
+    batch = data_list_collater([a2g.convert(read(p, 0)) for p in args.traj], otf_graph=False)
+    results = compare_in_world(model_config, batch, args.gp)
+    summary = {
+        "config": args.config,
+        "systems": [str(p) for p in args.traj],
+        "atoms": int(batch.natoms.sum()),
+        "edges": int(batch.edge_index.shape[1]),
+        "gp": args.gp,
+        "per_rank": results,
+        "ours_bytes_per_rank_max": max(r["ours"]["total"] for r in results),
+        "upstream_bytes_per_rank_max": max(r["upstream"]["total"] for r in results),
+        "ours_bytes_total": sum(r["ours"]["total"] for r in results),
+        "upstream_bytes_total": sum(r["upstream"]["total"] for r in results),
+    }
+    summary["ratio"] = summary["ours_bytes_total"] / summary["upstream_bytes_total"]
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,54 @@
+"""Cases run on every rank for the DimeNet++-XL tests (module-level so spawned ranks import them)."""
+
+from __future__ import annotations
+
+import torch
+from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap
+
+from ocp_graphpar.models import DimeNetPPXL
+
+TINY = dict(
+    hidden_channels=8,
+    num_blocks=2,
+    int_emb_size=4,
+    basis_emb_size=3,
+    out_emb_channels=6,
+    num_spherical=3,
+    num_radial=4,
+    cutoff=6.0,
+    num_before_skip=1,
+    num_after_skip=1,
+    num_output_layers=2,
+    otf_graph=False,
+)
+
+
+def upstream_model(seed: int = 0) -> DimeNetPlusPlusWrap:
+    """Upstream DimeNet++ in float64 with random (non-zero) output layers."""
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(seed)
+    model = DimeNetPlusPlusWrap(**TINY).double()
+    with torch.no_grad():  # upstream zero-initialises the last layers; make the test non-trivial
+        for block in model.output_blocks:
+            block.lin.weight.normal_(0, 0.5)
+    return model
+
+
+def graph_parallel_model(seed: int = 0, **options) -> DimeNetPPXL:
+    upstream = upstream_model(seed)
+    model = DimeNetPPXL(**TINY, **options).double()
+    model.load_state_dict(upstream.state_dict(), strict=True)
+    return model
+
+
+def predict(model, batch) -> dict:
+    torch.set_default_dtype(torch.float64)
+    out = model(batch.clone())
+    return {key: value.detach() for key, value in out.items()}
+
+
+def predict_graph_parallel(batch, options: dict | None = None) -> dict:
+    model = graph_parallel_model(**(options or {}))
+    out = predict(model, batch)
+    out["report"] = model.last_forward
+    return out
