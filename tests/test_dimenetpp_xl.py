@@ -74,10 +74,13 @@ def test_graph_parallel_equals_single_process(gloo_world, batch, size):
 
 
 def test_forward_exchanges_only_down_projected_input_edges(gloo_world, batch):
-    for rank, result in enumerate(gloo_world(4).run(predict_graph_parallel, batch)):
-        comm = result["report"]["comm"]
+    for result in gloo_world(4).run(predict_graph_parallel, batch):
+        comm, halo_rows = result["report"]["comm"], result["report"]["input_halo"]
         assert set(comm) == {"all_to_all", "all_reduce"}
         assert comm["all_to_all"]["calls"] == TINY["num_blocks"]
+        assert (
+            comm["all_to_all"]["bytes"] == 8 * TINY["int_emb_size"] * halo_rows * TINY["num_blocks"]
+        )
         assert comm["all_reduce"]["calls"] == 1
 
 
@@ -100,3 +103,22 @@ def test_activation_checkpointing_keeps_gradients(gloo_world):
     for result in gloo_world(2).run(ddp_gradients, build, batches):
         for name, grad in expected["grads"].items():
             assert rel_err(result["grads"][name], grad) < 1e-9, name
+
+
+def test_all_gather_alternative_gives_the_same_results_and_moves_more(gloo_world, batch):
+    """The simple design (all-gather of hidden-wide edge features) for the bytes comparison."""
+    halo = gloo_world(4).run(predict_graph_parallel, batch)
+    gather = gloo_world(4).run(predict_graph_parallel, batch, {"input_exchange": "all_gather"})
+    for ours, simple in zip(halo, gather):
+        assert rel_err(simple["energy"], ours["energy"]) < 1e-10
+        assert rel_err(simple["forces"], ours["forces"]) < 1e-10
+        halo_bytes = ours["report"]["comm"]["all_to_all"]["bytes"]
+        assert simple["report"]["comm"]["all_gather"]["bytes"] > 2 * halo_bytes
+
+
+def test_unknown_exchange_is_refused():
+    from ocp_graphpar.errors import UserFacingError
+    from ocp_graphpar.models import DimeNetPPXL
+
+    with pytest.raises(UserFacingError, match="input_exchange"):
+        DimeNetPPXL(**TINY, input_exchange="broadcast")

@@ -110,6 +110,8 @@ class PartitionPlan:
         atom_owner: ``(N,)`` owning rank of every atom.
         edge_owner: ``(E,)`` owning rank of every edge (the owner of its target atom).
         edge_rows: ``(E,)`` row of every edge among its owner's owned edges.
+        edge_gather_index: ``(E,)`` row of every edge in the rank-major concatenation of every
+            rank's owned edges (what ``gather_rows`` of per-edge rows returns).
         atoms: ``(n_atoms,)`` global ids of the owned atoms.
         edges: ``(n_edges,)`` global ids of the owned edges (target atom owned).
         edge_src: ``(n_edges,)`` source atom of each owned edge, as a row of
@@ -129,6 +131,7 @@ class PartitionPlan:
     atom_owner: Tensor
     edge_owner: Tensor
     edge_rows: Tensor
+    edge_gather_index: Tensor
     atoms: Tensor
     edges: Tensor
     edge_src: Tensor
@@ -274,6 +277,7 @@ def build_partition(
         atom_owner=atom_owner,
         edge_owner=edge_owner,
         edge_rows=edge_rows,
+        edge_gather_index=edge_rows + _starts(edge_owner, size)[edge_owner],
         atoms=atoms,
         edges=edges,
         edge_src=atom_slot[src[edges]],

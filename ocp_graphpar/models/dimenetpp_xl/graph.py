@@ -26,6 +26,7 @@ class TripletGraph:
     Attributes:
         plan: the partition plan (atoms and edges ``j -> i`` owned by the owner of ``i``).
         input_halo: exchange of input-edge features owned by peers.
+        held_edges: ``(n_held,)`` global ids of the held edges: owned, then halo edges.
         distance: ``(n_held,)`` lengths of the held edges: owned edges, then halo edges.
         edge_dst: ``(n_edges,)`` target atom of each owned edge, as an owned-atom row.
         edge_src_global, edge_dst_global: ``(n_edges,)`` global atom ids of owned edges.
@@ -38,6 +39,7 @@ class TripletGraph:
 
     plan: PartitionPlan
     input_halo: Halo
+    held_edges: Tensor
     distance: Tensor
     edge_dst: Tensor
     edge_src_global: Tensor
@@ -81,6 +83,7 @@ def build_triplet_graph(
     return TripletGraph(
         plan=plan,
         input_halo=input_halo,
+        held_edges=held_edges,
         distance=graph.edge_distance[held_edges],
         edge_dst=plan.edge_dst,
         edge_src_global=src[plan.edges],

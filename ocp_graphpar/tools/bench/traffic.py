@@ -57,11 +57,26 @@ def compare_on_rank(model_config: dict, batch, seed: int = 0, dtype=torch.float3
     return result
 
 
-def compare_in_world(model_config: dict, batch, size: int) -> list[dict]:
-    """:func:`compare_on_rank` on ``size`` spawned gloo ranks; one result per rank."""
+def dimenet_exchanges_on_rank(model_config: dict, batch, dtype=torch.float32) -> dict:
+    """On one GP rank: DimeNet++-XL's bytes per training step with the halo of down-projected
+    input edges (ours) and with an all-gather of the edge features (the simple design)."""
+    from ocp_graphpar.models import DimeNetPPXL
+
+    result = {}
+    for exchange in ("halo", "all_gather"):
+        torch.manual_seed(0)
+        model = DimeNetPPXL(**model_config, input_exchange=exchange).to(dtype)
+        result[exchange] = training_step_bytes(model, batch)
+        del model
+    return {"ours": result["halo"], "upstream": result["all_gather"]}
+
+
+def compare_in_world(model_config: dict, batch, size: int, dimenet: bool = False) -> list[dict]:
+    """The comparison on ``size`` spawned gloo ranks; one result per rank."""
     from ocp_graphpar.parallel.testing import run_ranks
 
-    return run_ranks(compare_on_rank, size, model_config, batch)
+    measure = dimenet_exchanges_on_rank if dimenet else compare_on_rank
+    return run_ranks(measure, size, model_config, batch)
 
 
 def _main() -> None:
@@ -82,18 +97,19 @@ def _main() -> None:
     args = parser.parse_args()
 
     model_config = dict(load_config(args.config)[0]["model"])
-    model_config.pop("name")
-    for key in ("activation_checkpointing", "partition_weights"):
+    dimenet = model_config.pop("name").endswith("DimeNetPPXL")
+    for key in ("activation_checkpointing", "partition_weights", "detach_angles", "input_exchange"):
         model_config.pop(key, None)
     a2g = AtomsToGraphs(max_neigh=50, radius=6, r_energy=True, r_forces=True, r_edges=True)
     batch = data_list_collater([a2g.convert(read(p, 0)) for p in args.traj], otf_graph=False)
-    results = compare_in_world(model_config, batch, args.gp)
+    results = compare_in_world(model_config, batch, args.gp, dimenet)
     summary = {
         "config": args.config,
         "systems": [str(p) for p in args.traj],
         "atoms": int(batch.natoms.sum()),
         "edges": int(batch.edge_index.shape[1]),
         "gp": args.gp,
+        "compared": "halo vs all-gather of edge features" if dimenet else "GemNetXL vs gp_gemnet_t",
         "per_rank": results,
         "ours_bytes_per_rank_max": max(r["ours"]["total"] for r in results),
         "upstream_bytes_per_rank_max": max(r["upstream"]["total"] for r in results),
