@@ -76,7 +76,7 @@ def compare_in_world(model_config: dict, batch, size: int, dimenet: bool = False
     from ocp_graphpar.parallel.testing import run_ranks
 
     measure = dimenet_exchanges_on_rank if dimenet else compare_on_rank
-    return run_ranks(measure, size, model_config, batch)
+    return run_ranks(measure, size, model_config, batch, timeout_s=3600.0)
 
 
 def _main() -> None:
