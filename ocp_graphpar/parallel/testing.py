@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-import os
 import socket
 import traceback
 from collections.abc import Callable
@@ -123,7 +122,6 @@ def _serve(rank: int, world_size: int, port: int, threads: int, conn: Connection
     from ocp_graphpar.parallel.groups import setup_groups, teardown_groups
 
     torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )

@@ -105,6 +105,7 @@ class DimeNetPPXL(DimeNetPlusPlusWrap):
         scale_gradients_for_ddp(self)
         self.last_forward: dict = {}
 
+    @conditional_grad(torch.enable_grad())
     def forward(self, data) -> dict[str, Tensor]:
         """Per-system energies ``(B, 1)`` and forces ``-dE/dpos (N, 3)`` on every GP rank;
         ``last_forward`` then holds the partition statistics, this rank's input-edge halo size
@@ -124,7 +125,6 @@ class DimeNetPPXL(DimeNetPlusPlusWrap):
             outputs["forces"] = -grad
         return outputs
 
-    @conditional_grad(torch.enable_grad())
     def _energy(self, data):
         graph = build_triplet_graph(
             self, data, detach_angles=self.detach_angles, weights=self.partition_weights
