@@ -119,7 +119,6 @@ class PartitionPlan:
         edge_dst: ``(n_edges,)`` target atom of each owned edge, as an owned-atom row.
         edge_reverse: ``(n_edges,)`` reverse edge of each owned edge, as a row of
             ``cat([owned edges, reverse_halo rows])``; ``None`` without reverse edges.
-        edge_local: ``(E,)`` local row of every global edge (owned or reverse halo), else -1.
         atom_halo, reverse_halo: the two exchanges (``reverse_halo`` may be ``None``).
         atom_gather_index: ``(N,)`` row of each global atom in the rank-major concatenation
             of every rank's owned atoms (what :meth:`gather_atoms` receives).
@@ -137,7 +136,6 @@ class PartitionPlan:
     edge_src: Tensor
     edge_dst: Tensor
     edge_reverse: Tensor | None
-    edge_local: Tensor
     atom_halo: Halo
     reverse_halo: Halo | None
     atom_gather_index: Tensor
@@ -185,19 +183,6 @@ class PartitionPlan:
         """Per-atom rows of every rank in global atom order, ``(N, *F)``, on every rank, for
         consumers that every rank runs identically (outputs, losses)."""
         return gather_replicated(owned_atoms, self.stats.atoms)[self.atom_gather_index]
-
-    def owned_triplets(self, out_edge: Tensor, in_edge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Select the triplets whose output edge is owned and renumber their edges locally.
-
-        Args:
-            out_edge, in_edge: ``(T,)`` global edge ids of each triplet's two edges.
-        Returns:
-            ``(mask (T,), local out_edge (T_own,), local in_edge (T_own,))``; an input edge that
-            is neither owned nor in the reverse halo maps to -1.
-        """
-        local_out = self.edge_local[out_edge]
-        mask = (local_out >= 0) & (local_out < self.num_edges)
-        return mask, local_out[mask], self.edge_local[in_edge[mask]]
 
 
 def build_partition(
@@ -250,7 +235,6 @@ def build_partition(
     atom_halo, atom_halo_sizes = build_halo(edge_owner, src, atom_owner, atom_local, size, rank)
     atom_slot = _slots(num_atoms, atoms, atom_halo.recv_global)
 
-    edge_slot = _slots(src.numel(), edges, torch.empty(0, dtype=torch.long, device=device))
     reverse_halo = edge_reverse = None
     reverse_sizes = [0] * size
     if reverse_edge is not None:
@@ -283,7 +267,6 @@ def build_partition(
         edge_src=atom_slot[src[edges]],
         edge_dst=atom_slot[dst[edges]],
         edge_reverse=edge_reverse,
-        edge_local=edge_slot,
         atom_halo=atom_halo,
         reverse_halo=reverse_halo,
         atom_gather_index=atom_local + _starts(atom_owner, size)[atom_owner],

@@ -28,7 +28,6 @@ class TripletGraph:
         input_halo: exchange of input-edge features owned by peers.
         held_edges: ``(n_held,)`` global ids of the held edges: owned, then halo edges.
         distance: ``(n_held,)`` lengths of the held edges: owned edges, then halo edges.
-        edge_dst: ``(n_edges,)`` target atom of each owned edge, as an owned-atom row.
         edge_src_global, edge_dst_global: ``(n_edges,)`` global atom ids of owned edges.
         angle: ``(T,)`` angle of each owned triplet ``k -> j -> i``.
         idx_kj: ``(T,)`` input edge of each triplet, as a held-edge row.
@@ -41,7 +40,6 @@ class TripletGraph:
     input_halo: Halo
     held_edges: Tensor
     distance: Tensor
-    edge_dst: Tensor
     edge_src_global: Tensor
     edge_dst_global: Tensor
     angle: Tensor
@@ -85,7 +83,6 @@ def build_triplet_graph(
         input_halo=input_halo,
         held_edges=held_edges,
         distance=graph.edge_distance[held_edges],
-        edge_dst=plan.edge_dst,
         edge_src_global=src[plan.edges],
         edge_dst_global=dst[plan.edges],
         angle=angle,

@@ -135,7 +135,7 @@ class DimeNetPPXL(DimeNetPlusPlusWrap):
         rbf = rbf_held[:n_edges]
 
         x = self.emb(data.atomic_numbers.long(), rbf, graph.edge_dst_global, graph.edge_src_global)
-        P = self.output_blocks[0](x, rbf, graph.edge_dst, num_nodes=graph.plan.num_atoms)
+        P = self.output_blocks[0](x, rbf, graph.plan.edge_dst, num_nodes=graph.plan.num_atoms)
         for block, output_block in zip(self.interaction_blocks, self.output_blocks[1:]):
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(
@@ -150,6 +150,6 @@ class DimeNetPPXL(DimeNetPlusPlusWrap):
                 )
             else:
                 x = interaction(block, x, rbf_held, sbf, graph, self.input_exchange)
-            P = P + output_block(x, rbf, graph.edge_dst, num_nodes=graph.plan.num_atoms)
+            P = P + output_block(x, rbf, graph.plan.edge_dst, num_nodes=graph.plan.num_atoms)
         partial = P.new_zeros(graph.num_systems, P.shape[1]).index_add(0, graph.atom_batch, P)
         return reduce_partial(partial), graph

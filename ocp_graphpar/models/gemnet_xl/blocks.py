@@ -24,10 +24,11 @@ from ocp_graphpar.models.gemnet_xl.graph import LocalGraph
 class Bases:
     """Per-edge and per-triplet bases shared by every block (owned rows only).
 
-    ``rbf3 (n_edges, emb_size_rbf)``, ``cbf3`` (upstream's pair for the efficient bilinear
+    ``rbf (n_edges, num_radial)``, ``rbf3 (n_edges, emb_size_rbf)``, ``cbf3`` (upstream's pair for the efficient bilinear
     layer), ``rbf_h (n_edges, emb_size_rbf)``, ``rbf_out (n_edges, emb_size_rbf)``.
     """
 
+    rbf: Tensor
     rbf3: Tensor
     cbf3: tuple[Tensor, Tensor]
     rbf_h: Tensor

@@ -63,20 +63,20 @@ class GemNetXL(GemNetT):
         this rank issued in the forward pass.
         """
         with counting() as comm:
-            outputs = self._forward(data)
-        self.last_forward = {"partition": self._last_plan.stats, "comm": comm.as_dict()}
+            outputs, graph = self._forward(data)
+        self.last_forward = {"partition": graph.plan.stats, "comm": comm.as_dict()}
         return outputs
 
-    def _forward(self, data) -> dict[str, Tensor]:
+    def _forward(self, data) -> tuple[dict[str, Tensor], LocalGraph]:
         if self.regress_forces and not self.direct_forces:
             data.pos.requires_grad_(True)
         graph = build_local_graph(self, data, self.partition_weights)
-        self._last_plan = graph.plan
         bases = self._bases(graph)
 
         h = self.atom_emb(data.atomic_numbers.long()[graph.plan.atoms])  # (n_atoms, A)
-        rbf = self.radial_basis(graph.distance)
-        m = self.edge_emb(graph.plan.with_halo(h), rbf, graph.idx_s, graph.idx_t)  # (n_edges, D)
+        m = self.edge_emb(
+            graph.plan.with_halo(h), bases.rbf, graph.idx_s, graph.idx_t
+        )  # (n_edges, D)
 
         E_t, F_st = self.out_blocks[0](h, m, bases.rbf_out, graph.idx_t)
         for block, out_block in zip(self.int_blocks, self.out_blocks[1:]):
@@ -91,7 +91,7 @@ class GemNetXL(GemNetT):
         outputs = {"energy": self._system_energies(E_t, graph, data)}
         if self.regress_forces:
             outputs["forces"] = self._forces(F_st, outputs["energy"], graph, data)
-        return outputs
+        return outputs, graph
 
     def _bases(self, graph: LocalGraph) -> Bases:
         cos_cab = inner_product_normalized(
@@ -100,6 +100,7 @@ class GemNetXL(GemNetT):
         rad_cbf3, cbf3 = self.cbf_basis3(graph.distance, cos_cab, graph.id3_ca)
         rbf = self.radial_basis(graph.distance)
         return Bases(
+            rbf=rbf,
             rbf3=self.mlp_rbf3(rbf),
             cbf3=self.mlp_cbf3(rad_cbf3, cbf3, graph.id3_ca, graph.id3_ragged_idx),
             rbf_h=self.mlp_rbf_h(rbf),
