@@ -61,20 +61,14 @@ def predict_graph_parallel(batch, overrides: dict) -> dict:
 
 
 def fit_scale_factors(batch) -> list[float]:
-    """Fit every scale factor of a fresh GemNet-XL in module order, one at a time (as
+    """Fit every scale factor of a fresh GemNet-XL in call order, one at a time (as
     fairchem's fitting script does), and return the fitted values."""
-    from fairchem.core.modules.scaling.scale_factor import ScaleFactor
+    from ocp_graphpar.models.gemnet_xl.scaling import fit_scale_factors as fit
 
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
     model = GemNetXL(**TINY, direct_forces=True).double()
-    values = []
-    for factor in (m for m in model.modules() if isinstance(m, ScaleFactor)):
-        with factor.fit_context_(), torch.no_grad():
-            model(batch.clone())
-            _, _, value = factor.fit_()
-        values.append(value)
-    return values
+    return list(fit(model, lambda: model(batch.clone())).values())
 
 
 def forward_report(batch, overrides: dict) -> dict:

@@ -47,6 +47,26 @@ def test_scale_factor_fit_is_the_same_at_any_gp_size(gloo_world):
         assert values == pytest.approx(expected, rel=1e-10)
 
 
+def auto_fitted_scales(batches) -> dict[str, float]:
+    """A GemNet-XL with ``auto_fit_scale_factors`` after one training forward pass; DP group d
+    takes batch d."""
+    from ocp_graphpar.parallel import dp_rank
+
+    torch.set_default_dtype(torch.float64)
+    model = graph_parallel_model(options={"auto_fit_scale_factors": True}).train()
+    model(batches[dp_rank()].clone())
+    return {m.name: float(m.scale_factor) for m in model.modules() if isinstance(m, ScaleFactor)}
+
+
+def test_first_batch_fit_over_dp_and_gp_ranks_matches_one_process(gloo_world):
+    atoms = oc20_batch_atoms(4)
+    [expected] = gloo_world(1).run(auto_fitted_scales, [fairchem_batch(atoms)])
+    assert len(expected) > 5 and all(value > 0 for value in expected.values())
+    halves = [fairchem_batch(atoms[:2]), fairchem_batch(atoms[2:])]
+    for values in gloo_world(4).run(auto_fitted_scales, halves, gp_size=2):
+        assert values == pytest.approx(expected, rel=1e-9)
+
+
 def test_gp_size_that_does_not_divide_the_world_is_refused():
     with pytest.raises(
         UserFacingError, match=r"gp_gpus=3 does not divide the world size 4.*\[1, 2, 4\]"

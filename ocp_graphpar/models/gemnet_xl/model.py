@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+from fairchem.core.common import distutils
 from fairchem.core.common.registry import registry
 from fairchem.core.common.utils import conditional_grad
 from fairchem.core.models.gemnet.gemnet import GemNetT
@@ -13,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from ocp_graphpar.models.gemnet_xl.blocks import Bases, interaction
 from ocp_graphpar.models.gemnet_xl.graph import LocalGraph, build_local_graph
 from ocp_graphpar.models.gemnet_xl.scaling import (
+    fit_scale_factors,
     load_scale_dict,
     make_scale_factors_graph_parallel,
 )
@@ -34,6 +38,10 @@ class GemNetXL(GemNetT):
     Extra args:
         activation_checkpointing: recompute each interaction block in the backward pass.
         partition_weights: work estimate per ``atom``, ``edge``, ``triplet`` for balancing.
+        auto_fit_scale_factors: if training starts with unfitted scale factors (no
+            ``scale_file``, no checkpoint), fit them on the first training batch, with
+            statistics over all ranks, before its step. Fitted factors are saved with the
+            checkpoint, which ``--mode run-relaxations`` requires.
         **kwargs: upstream ``GemNetT`` arguments; ``scale_file`` also accepts the legacy
             ``IntBlock_*_sum`` names.
     """
@@ -43,12 +51,14 @@ class GemNetXL(GemNetT):
         *args,
         activation_checkpointing: bool = False,
         partition_weights: dict | None = None,
+        auto_fit_scale_factors: bool = False,
         scale_file=None,
         **kwargs,
     ) -> None:
         super().__init__(*args, scale_file=load_scale_dict(scale_file), **kwargs)
         self.activation_checkpointing = activation_checkpointing
         self.partition_weights = WorkWeights(**(partition_weights or {}))
+        self._scale_fit_pending = auto_fit_scale_factors
         make_scale_factors_graph_parallel(self)
         scale_gradients_for_ddp(self)
         check_widths_on_load(self)
@@ -62,6 +72,9 @@ class GemNetXL(GemNetT):
         triplets, halo sizes, cut edges, load) and the bytes and calls of each collective kind
         this rank issued in the forward pass.
         """
+        if self._scale_fit_pending and self.training:
+            self._scale_fit_pending = False
+            self._fit_scale_factors(data)
         with counting() as comm:
             outputs, graph = self._forward(data)
         self.last_forward = {"partition": graph.plan.stats, "comm": comm.as_dict()}
@@ -92,6 +105,16 @@ class GemNetXL(GemNetT):
         if self.regress_forces:
             outputs["forces"] = self._forces(F_st, outputs["energy"], graph, data)
         return outputs, graph
+
+    def _fit_scale_factors(self, data) -> None:
+        def run_forward() -> None:
+            with torch.set_grad_enabled(self.regress_forces and not self.direct_forces):
+                self._forward(data.clone())
+
+        fitted = fit_scale_factors(self, run_forward)
+        if fitted and distutils.is_master():
+            values = ", ".join(f"{name}={value:.3f}" for name, value in fitted.items())
+            logging.info(f"fitted {len(fitted)} GemNet-XL scale factors on the first batch: {values}")
 
     def _bases(self, graph: LocalGraph) -> Bases:
         cos_cab = inner_product_normalized(

@@ -1,16 +1,16 @@
-"""GemNet scale factors under graph parallelism: legacy key names, and fits over the GP group."""
+"""GemNet scale factors under graph parallelism: legacy key names, and fits over all ranks."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from fairchem.core.modules.scaling.compat import _load_scale_dict
 from fairchem.core.modules.scaling.scale_factor import ScaleFactor
 from torch import nn
-
-from ocp_graphpar.parallel import gp_size, reduce_partial
 
 # Scale files written before fairchem renamed the atom-update scale factors (e.g. the shipped
 # GemNet-XL file) name them after their interaction block.
@@ -38,12 +38,16 @@ def load_scale_dict(scale_file) -> dict | None:
 
 
 class GraphParallelScaleFactor(ScaleFactor):
-    """A ``ScaleFactor`` whose fitting statistics are summed over the GP group, so a fit at
-    any GP size sees every row of the batch, as a single process does."""
+    """A ``ScaleFactor`` whose fitting statistics are summed over every rank of the world.
+
+    GP peers hold disjoint rows of one batch and DP groups hold different batches, so the sum
+    over the world is the statistic of the global batch: a fit at any dp x gp layout gives what
+    a single process gives on the concatenated batches, and every replica gets the same value.
+    """
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> None:
-        if self.stats is None or gp_size() == 1:
+        if self.stats is None or _world_size() == 1:
             return super()._observe(x, ref=ref)
         n, var_out = _global_variance(x)
         var_in = _global_variance(ref)[1] if ref is not None else 1.0
@@ -53,11 +57,15 @@ class GraphParallelScaleFactor(ScaleFactor):
         return None
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _global_variance(x: torch.Tensor) -> tuple[int, float]:
-    """Rows over the GP group, and the feature-mean of the unbiased per-feature variance."""
+    """Rows over the world, and the feature-mean of the unbiased per-feature variance."""
     x = x.reshape(x.shape[0], -1).double()
     sums = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), (x * x).sum(0)])
-    sums = reduce_partial(sums)
+    dist.all_reduce(sums)
     n = int(sums[0])
     total, squares = sums[1 : 1 + x.shape[1]], sums[1 + x.shape[1] :]
     variance = (squares - total * total / n) / (n - 1)
@@ -70,3 +78,33 @@ def make_scale_factors_graph_parallel(model: nn.Module) -> None:
     for module in model.modules():
         if type(module) is ScaleFactor:
             module.__class__ = GraphParallelScaleFactor
+
+
+def fit_scale_factors(model: nn.Module, run_forward: Callable[[], object]) -> dict[str, float]:
+    """Fit ``model``'s unfitted scale factors one at a time, in the order the forward pass
+    calls them (as fairchem's ``fit.py`` does), each on one ``run_forward()``.
+
+    A factor scales its block's output to unit variance given the factors before it, hence the
+    order. ``run_forward`` decides on autograd (conservative forces need it). Statistics are
+    summed over all ranks (see :class:`GraphParallelScaleFactor`), so every rank must call this
+    together. Returns the fitted values by factor name.
+    """
+    unfitted = {
+        module.name or name: module
+        for name, module in model.named_modules()
+        if isinstance(module, ScaleFactor) and not module.fitted
+    }
+    call_order: list[str] = []
+    for name, module in unfitted.items():
+        module.initialize_(index_fn=lambda name=name: call_order.append(name))
+    run_forward()
+    for module in unfitted.values():
+        module.initialize_(index_fn=None)
+
+    fitted = {}
+    for name in dict.fromkeys(call_order):
+        module = unfitted[name]
+        with module.fit_context_():
+            run_forward()
+            _, _, fitted[name] = module.fit_()
+    return fitted
