@@ -114,7 +114,9 @@ class GemNetXL(GemNetT):
         fitted = fit_scale_factors(self, run_forward)
         if fitted and distutils.is_master():
             values = ", ".join(f"{name}={value:.3f}" for name, value in fitted.items())
-            logging.info(f"fitted {len(fitted)} GemNet-XL scale factors on the first batch: {values}")
+            logging.info(
+                f"fitted {len(fitted)} GemNet-XL scale factors on the first batch: {values}"
+            )
 
     def _bases(self, graph: LocalGraph) -> Bases:
         cos_cab = inner_product_normalized(

@@ -47,7 +47,7 @@ class GraphParallelScaleFactor(ScaleFactor):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> None:
-        if self.stats is None or _world_size() == 1:
+        if self.stats is None:
             return super()._observe(x, ref=ref)
         n, var_out = _global_variance(x)
         var_in = _global_variance(ref)[1] if ref is not None else 1.0
@@ -65,7 +65,8 @@ def _global_variance(x: torch.Tensor) -> tuple[int, float]:
     """Rows over the world, and the feature-mean of the unbiased per-feature variance."""
     x = x.reshape(x.shape[0], -1).double()
     sums = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), (x * x).sum(0)])
-    dist.all_reduce(sums)
+    if _world_size() > 1:
+        dist.all_reduce(sums)
     n = int(sums[0])
     total, squares = sums[1 : 1 + x.shape[1]], sums[1 + x.shape[1] :]
     variance = (squares - total * total / n) / (n - 1)
