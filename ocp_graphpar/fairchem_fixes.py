@@ -1,0 +1,103 @@
+"""Fixes for fairchem-core 1.10 defects on the graph-parallel training path.
+
+Applied by ``import ocp_graphpar``, which the ``fairchem`` CLI does while it builds a model
+of this plugin, before the trainer writes anything. Each fix wraps upstream's function;
+nothing in site-packages is edited, and :func:`apply` is idempotent.
+
+- ``save_checkpoint`` writes ``checkpoint.pt`` in place with ``torch.save``. A job killed while
+  writing (SLURM preemption, Ctrl-C, out of memory) leaves a truncated file, and the resumed
+  run cannot load it. Fixed: write a temporary file in the same folder, flush it to disk, then
+  rename it over the old one, so the file is always the old or the new checkpoint.
+- ``BaseTrainer.save_results`` (``--mode predict``) and ``OCPTrainer.run_relaxations``
+  (``relaxed_positions.npz``) write prediction files in place with ``np.savez_compressed``.
+  Fixed: they write into ``results_dir/.partial/`` and each file is renamed into
+  ``results_dir`` once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+_APPLIED = "_ocp_graphpar_fixed"
+PARTIAL_DIR = ".partial"
+
+
+def atomic_save_checkpoint(
+    state: dict, checkpoint_dir: str = "checkpoints/", checkpoint_file: str = "checkpoint.pt"
+) -> str:
+    """fairchem's ``save_checkpoint``, written atomically: the old file or the new, never half."""
+    filename = os.path.join(checkpoint_dir, checkpoint_file)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=checkpoint_dir, prefix=f".{checkpoint_file}.", suffix=".partial"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, filename)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return filename
+
+
+@contextlib.contextmanager
+def _staged_results_dir(trainer) -> Iterator[None]:
+    """Point the trainer's ``results_dir`` at ``results_dir/.partial`` and move each file it
+    wrote there into ``results_dir`` after the call returns (only the master rank writes)."""
+    from fairchem.core.common import distutils
+
+    cmd = trainer.config["cmd"]
+    final = Path(cmd["results_dir"])
+    if not distutils.is_master():
+        yield
+        return
+    staging = final / PARTIAL_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    for stale in staging.iterdir():  # left by a run that died while writing
+        stale.unlink()
+    cmd["results_dir"] = str(staging)
+    try:
+        yield
+    finally:
+        cmd["results_dir"] = str(final)
+    for path in staging.iterdir():
+        os.replace(path, final / path.name)
+    with contextlib.suppress(OSError):
+        staging.rmdir()
+
+
+def _writes_results_atomically(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _staged_results_dir(self):
+            return method(self, *args, **kwargs)
+
+    setattr(wrapper, _APPLIED, True)
+    return wrapper
+
+
+def apply() -> None:
+    """Install every fix (safe to call more than once)."""
+    from fairchem.core.common import utils
+    from fairchem.core.modules.normalization import _load_utils
+    from fairchem.core.trainers import base_trainer, ocp_trainer
+
+    for module in (utils, base_trainer, _load_utils):
+        module.save_checkpoint = atomic_save_checkpoint
+    for cls, name in (
+        (base_trainer.BaseTrainer, "save_results"),
+        (ocp_trainer.OCPTrainer, "run_relaxations"),
+    ):
+        method = getattr(cls, name)
+        if not getattr(method, _APPLIED, False):
+            setattr(cls, name, _writes_results_atomically(method))
