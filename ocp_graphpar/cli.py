@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.data.cli import add_data_commands
+from ocp_graphpar.tools.export.cli import add_export_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(commands)
+    add_export_commands(commands)
     return parser
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fairchem.core.common.relaxation.optimizers.lbfgs_torch import LBFGS
 from fairchem.core.common import utils
+from fairchem.core.common.relaxation.optimizers.lbfgs_torch import LBFGS
 from fairchem.core.trainers import OCPTrainer, base_trainer
 
 import ocp_graphpar  # noqa: F401  (installs the fixes)
