@@ -163,12 +163,14 @@ def markdown(report: dict, curves) -> str:
     rows = "\n".join(f"| {s} | {m:.4f} |" for s, m in zip(steps.tolist(), mae.tolist()))
     return f"""# Real OC20 data: GemNet-XL (demo widths) at gp 2
 
-Made by `scripts/oc20_mini_training.py`: the OC20 DFT relaxations of `../shared/data/oc20_mini`
-with at most {report['max_atoms']} atoms, every {report['frame_stride']}th frame (first and last
-kept), split {report['split']} (train {report['frames']['train']} frames, val
-{report['frames']['val']} frames; energies referenced by per-element energies fitted on the
-training frames), trained with `{report['launch']}` for {report['steps']} steps
-({report['train_seconds']:.0f} s on this machine's 2 CPU cores).
+Made by `scripts/oc20_mini_training.py`, trained with `{report['launch']}` for
+{report['steps']} steps ({report['train_seconds']:.0f} s on this machine's 2 CPU cores).
+
+- Data: the OC20 DFT relaxations of `../shared/data/oc20_mini` with at most
+  {report['max_atoms']} atoms, every {report['frame_stride']}th frame (first and last kept).
+- Split {report['split']}: {report['frames']['train']} training frames,
+  {report['frames']['val']} validation frames.
+- Energies referenced by per-element energies fitted on the training frames.
 
 | | eV/Å |
 |---|---|

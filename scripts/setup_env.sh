@@ -71,4 +71,8 @@ done
 # 5. the plugin itself, editable.
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 
+# 6. the start-up hook through which the plugin reaches fairchem's launch path (--gp-gpus checks,
+#    --submit --cpu, preemption): one line in site-packages, see ocp_graphpar/launch/startup_hook.py.
+"$PY" -m ocp_graphpar.launch.startup_hook
+
 "$PY" -c 'import ocp_graphpar, fairchem.core, torch_scatter, torch_sparse, torch; print("setup: ok, torch", torch.__version__)'

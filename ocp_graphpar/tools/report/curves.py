@@ -98,7 +98,7 @@ def plot_learning_curves(
         mae_ax.axhline(
             zero_force_baseline, ls="--", color="gray", label="predict zero forces (val)"
         )
-    mae_ax.set(xlabel="step", ylabel="force MAE (eV/Å)", title="force MAE")
+    mae_ax.set(xlabel="step", ylabel="force MAE (eV/Å)", yscale="log", title="force MAE")
     mae_ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
