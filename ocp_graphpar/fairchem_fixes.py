@@ -12,6 +12,10 @@ nothing in site-packages is edited, and :func:`apply` is idempotent.
   (``relaxed_positions.npz``) write prediction files in place with ``np.savez_compressed``.
   Fixed: they write into ``results_dir/.partial/`` and each file is renamed into
   ``results_dir`` once complete.
+- ``distutils.setup`` for ``--submit`` always initialises NCCL and selects a CUDA device (and
+  logs ``CUDA_VISIBLE_DEVICES``, a KeyError without GPUs), on a fixed machine-wide port. Fixed
+  for ``--submit --cpu``: gloo, ranks from SLURM's task layout, a port derived from the job id.
+  (The job imports the plugin early enough through ``ocp_graphpar.launch.GraphParallelRunner``.)
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+
+from ocp_graphpar.errors import UserFacingError
 
 _APPLIED = "_ocp_graphpar_fixed"
 PARTIAL_DIR = ".partial"
@@ -86,9 +94,56 @@ def _writes_results_atomically(method: Callable) -> Callable:
     return wrapper
 
 
+def _slurm_port(job_id: str, restart: int) -> int:
+    """A rendezvous port in [20000, 40000) for this job (and requeue), so that jobs sharing a
+    node do not collide on upstream's one fixed port."""
+    digits = "".join(ch for ch in job_id if ch.isdigit()) or "0"
+    return 20000 + (int(digits) * 7 + restart) % 20000
+
+
+def setup_slurm_cpu(config: dict) -> None:
+    """Initialise gloo for a ``--submit --cpu`` job from SLURM's task layout."""
+    from submitit import JobEnvironment
+
+    job = JobEnvironment()
+    if job.num_tasks != config["world_size"]:
+        raise UserFacingError(
+            f"this SLURM job has {job.num_tasks} tasks but the run expects "
+            f"{config['world_size']} ranks (--num-gpus x --num-nodes); submit with the same "
+            "--num-gpus and --num-nodes as the job's tasks."
+        )
+    # SLURM allots --cpus-per-task CPUs to a task; torch would otherwise take every core of the
+    # node, oversubscribing it (the local launcher likewise runs one thread per rank).
+    torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
+    hosts = job.hostnames
+    host = "127.0.0.1" if len(hosts) == 1 else hosts[0]
+    port = _slurm_port(job.job_id, int(os.environ.get("SLURM_RESTART_COUNT", 0)))
+    config.update(
+        rank=job.global_rank, local_rank=job.local_rank, init_method=f"tcp://{host}:{port}"
+    )
+    dist.init_process_group(
+        backend="gloo",
+        init_method=config["init_method"],
+        world_size=config["world_size"],
+        rank=config["rank"],
+        timeout=timedelta(minutes=config.get("timeout", 30)),
+    )
+
+
+def _sets_up_slurm_cpu_jobs(setup: Callable) -> Callable:
+    @functools.wraps(setup)
+    def wrapper(config: dict) -> None:
+        if config.get("submit") and config.get("cpu"):
+            return setup_slurm_cpu(config)
+        return setup(config)
+
+    setattr(wrapper, _APPLIED, True)
+    return wrapper
+
+
 def apply() -> None:
     """Install every fix (safe to call more than once)."""
-    from fairchem.core.common import utils
+    from fairchem.core.common import distutils, utils
     from fairchem.core.modules.normalization import _load_utils
     from fairchem.core.trainers import base_trainer, ocp_trainer
 
@@ -101,3 +156,5 @@ def apply() -> None:
         method = getattr(cls, name)
         if not getattr(method, _APPLIED, False):
             setattr(cls, name, _writes_results_atomically(method))
+    if not getattr(distutils.setup, _APPLIED, False):
+        distutils.setup = _sets_up_slurm_cpu_jobs(distutils.setup)

@@ -1,0 +1,78 @@
+"""Hooks into the ``fairchem`` console script, installed by the start-up ``.pth`` file."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Sequence
+
+from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.parallel import check_gp_size
+
+#: Set to 1 to install the hooks in a process that is not the ``fairchem`` script.
+HOOK_ENV = "OCP_GRAPHPAR_CLI_HOOKS"
+_INSTALLED = "_ocp_graphpar_hooked"
+
+
+def wants_cli_hooks(argv: Sequence[str]) -> bool:
+    """Whether this interpreter runs the ``fairchem`` CLI (or is asked to via ``HOOK_ENV``)."""
+    script = os.path.basename(argv[0]) if argv else ""
+    return script == "fairchem" or os.environ.get(HOOK_ENV) == "1"
+
+
+def check_launch(args: argparse.Namespace) -> None:
+    """Refuse launch flags that cannot work, before any rank starts."""
+    if args.gp_gpus is None:
+        return
+    world_size = args.num_gpus * args.num_nodes
+    if args.gp_gpus > world_size:
+        raise UserFacingError(
+            f"--gp-gpus {args.gp_gpus} is more than the {world_size} ranks of this run "
+            f"(--num-gpus {args.num_gpus} x --num-nodes {args.num_nodes}); fairchem would "
+            f"quietly use {world_size}. Ask for at least {args.gp_gpus} ranks."
+        )
+    check_gp_size(world_size, args.gp_gpus)
+
+
+def install_cli_hooks() -> None:
+    """Wrap ``fairchem.core._cli.main`` and swap in the plugin's runner (idempotent)."""
+    from fairchem.core import _cli
+
+    if getattr(_cli.main, _INSTALLED, False):
+        return
+    from ocp_graphpar.launch.runner import GraphParallelRunner
+
+    upstream_main = _cli.main
+    upstream_executor = _cli.AutoExecutor
+
+    @functools.wraps(upstream_main)
+    def main(args=None, override_args=None):
+        if args is None:
+            from fairchem.core.common.flags import flags
+
+            args, override_args = flags.get_parser().parse_known_args()
+        try:
+            check_launch(args)
+        except UserFacingError as error:
+            print(f"fairchem: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        _cli.AutoExecutor = cpu_executor(upstream_executor) if args.cpu else upstream_executor
+        return upstream_main(args, override_args)
+
+    setattr(main, _INSTALLED, True)
+    _cli.main = main
+    _cli.Runner = GraphParallelRunner
+
+
+def cpu_executor(executor_cls: type) -> type:
+    """``executor_cls`` that does not ask SLURM for GPUs: upstream's ``--submit`` requests
+    ``--num-gpus`` GPUs per node, which a CPU partition refuses."""
+
+    class CpuExecutor(executor_cls):
+        def update_parameters(self, **kwargs) -> None:
+            kwargs.pop("gpus_per_node", None)
+            super().update_parameters(**kwargs)
+
+    return CpuExecutor

@@ -1,0 +1,82 @@
+"""The plugin's hooks into fairchem's launch path: launch checks and preemption handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ocp_graphpar.launch import checkpoint_at_step_boundaries, preemption
+from ocp_graphpar.launch.startup_hook import PTH_LINE, hook_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fairchem_refuses(*flags: str) -> str:
+    command = [
+        str(REPO / ".venv" / "bin" / "fairchem"), "--mode", "train",
+        "--config-yml", "configs/s2ef/gemnet_xl_demo.yml", "--cpu", *flags,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return done.stderr
+
+
+def test_startup_hook_is_installed():
+    assert hook_path().read_text() == PTH_LINE, "run `make setup` to install the fairchem hook"
+
+
+def test_fairchem_cli_refuses_a_gp_size_that_does_not_divide_the_ranks():
+    message = fairchem_refuses("--num-gpus", "4", "--gp-gpus", "3")
+    assert "gp_gpus=3 does not divide the world size 4" in message
+    assert "[1, 2, 4]" in message
+
+
+def test_fairchem_cli_refuses_more_gp_ranks_than_ranks():
+    message = fairchem_refuses("--num-gpus", "2", "--gp-gpus", "4")
+    assert "--gp-gpus 4 is more than the 2 ranks" in message
+
+
+class LoopTrainer:
+    """The parts of fairchem's training loop the preemption handling touches."""
+
+    def __init__(self):
+        self.step, self.epoch, self.updates = 0, 0.0, 0
+        self.model = SimpleNamespace(training=True)
+        self.device = "cpu"
+
+    def _forward(self, batch):
+        return batch
+
+    def _backward(self, loss):
+        self.updates += 1  # the optimizer step
+
+
+def test_preemption_signal_checkpoints_at_the_next_step_boundary(monkeypatch):
+    """The signal lands after fairchem advanced its step counter to 3 but before step 3's
+    optimizer update; the checkpoint must record 3 completed steps and 3 updates."""
+    monkeypatch.setattr(preemption, "_submitit_signal", lambda: signal.SIGUSR2)
+    seen = []
+
+    def submitit_handler(signum, frame):
+        seen.append((trainer.step, trainer.epoch, trainer.updates))
+        raise SystemExit(-1)
+
+    trainer = LoopTrainer()
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit), checkpoint_at_step_boundaries(trainer):
+            for i in range(10):  # as OCPTrainer.train: counter first, then forward/backward
+                trainer.step, trainer.epoch = i + 1, (i + 1) / 10
+                out = trainer._forward(i)
+                if trainer.step == 3:
+                    os.kill(os.getpid(), signal.SIGUSR2)
+                trainer._backward(out)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [(3, 0.3, 3)]
