@@ -16,8 +16,8 @@ FAIRCHEM = REPO / ".venv" / "bin" / "fairchem"
 def tiny_dataset(tmp_path_factory):
     from ocp_graphpar.tools.data import make_demo_dataset
 
-    out = tmp_path_factory.mktemp("cli") / "data"
-    make_demo_dataset(out, systems=3, max_steps=6, val_fraction=0.34, progress=False)
+    out = tmp_path_factory.mktemp("cli") / "data"  # 2 training, 4 validation systems
+    make_demo_dataset(out, systems=6, max_steps=6, val_fraction=0.67, progress=False)
     return out
 
 
@@ -81,22 +81,73 @@ def test_predictions_agree_between_gp1_and_gp2(tiny_dataset, gemnet_checkpoint, 
         np.testing.assert_allclose(gp2[key], gp1[key], rtol=1e-4, atol=1e-5)
 
 
-def test_relaxations_under_gp_write_positions_and_is2rs_metrics(
-    tiny_dataset, gemnet_checkpoint, tmp_path
-):
+@pytest.fixture(scope="module")
+def relaxations(tiny_dataset, gemnet_checkpoint, tmp_path_factory) -> tuple[Path, str]:
+    """``relaxed_positions.npz`` of the 4 validation systems, relaxed at gp 2, and the log."""
+    run_dir = tmp_path_factory.mktemp("relax")
     log = fairchem(
         "--mode", "run-relaxations", "--config-yml", "configs/is2rs/gemnet_xl_demo.yml",
         *ranks(2, 2), *s2ef_data(tiny_dataset),
         f"--dataset.relax.src={tiny_dataset / 'is2rs' / 'val'}",
         "--checkpoint", str(gemnet_checkpoint), "--task.relaxation_steps=10",
-        run_dir=tmp_path,
+        run_dir=run_dir,
     )  # fmt: skip
+    [relaxed] = run_dir.glob("results/*/relaxed_positions.npz")
+    return relaxed, log
+
+
+def test_relaxations_under_gp_write_positions_and_is2rs_metrics(relaxations):
+    relaxed, log = relaxations
     assert "positions_average_distance_within_threshold" in log
     assert "energy_mae" in log
-    [relaxed] = tmp_path.glob("results/*/relaxed_positions.npz")
     with np.load(relaxed) as result:
-        assert len(result["ids"]) == 1 and result["chunk_idx"].size == 0
+        assert len(result["ids"]) == 4 and result["chunk_idx"].size == 3
         assert result["pos"].ndim == 2 and np.isfinite(result["pos"]).all()
+
+
+def split_by_system(result: dict, rows_key: str, out: Path) -> dict[str, Path]:
+    """One fairchem prediction file per OC20 test split: its systems dealt out in turn, each
+    file in fairchem's layout (rows concatenated, ``chunk_idx`` = cumsum of rows [:-1])."""
+    from ocp_graphpar.tools.export import SPLITS
+
+    systems = [sid.split("_")[0] for sid in result["ids"]]
+    rows = np.split(result[rows_key], result["chunk_idx"])
+    order = sorted(set(systems))
+    files = {}
+    for k, split in enumerate(SPLITS):
+        mine = [i for i, sid in enumerate(systems) if order.index(sid) % len(SPLITS) == k]
+        arrays = {
+            "ids": result["ids"][mine],
+            rows_key: np.concatenate([rows[i] for i in mine]),
+            "chunk_idx": np.cumsum([len(rows[i]) for i in mine])[:-1],
+        }
+        if "energy" in result:
+            arrays["energy"] = result["energy"][mine]
+        files[split] = out / split / "predictions.npz"
+        files[split].parent.mkdir(parents=True)
+        np.savez_compressed(files[split], **arrays)
+    return files
+
+
+@pytest.mark.parametrize("task", ["s2ef", "is2rs"])
+def test_leaderboard_files_from_real_predictions_export_and_validate(
+    task, tiny_dataset, gemnet_checkpoint, relaxations, tmp_path
+):
+    from ocp_graphpar.cli import main
+    from ocp_graphpar.tools.export import validate_submission
+
+    if task == "s2ef":
+        config = "configs/s2ef/gemnet_xl_demo.yml"
+        result = predict(config, tiny_dataset, gemnet_checkpoint, tmp_path, *ranks(2, 2))
+        files = split_by_system(result, "forces", tmp_path / "splits")
+    else:
+        with np.load(relaxations[0]) as relaxed:
+            files = split_by_system(dict(relaxed), "pos", tmp_path / "splits")
+    out = tmp_path / f"{task}_submission.npz"
+    flags = [f"--{split.replace('_', '-')}={path}" for split, path in files.items()]
+    assert main(["export", task, *flags, "--out", str(out)]) == 0
+    assert validate_submission(out, task) == []
+    assert main(["validate", str(out), "--task", task]) == 0
 
 
 def test_data_x_graph_parallel_training_on_four_ranks(tiny_dataset, tmp_path):

@@ -46,9 +46,13 @@ class LoopTrainer:
     """The parts of fairchem's training loop the preemption handling touches."""
 
     def __init__(self):
-        self.step, self.epoch, self.updates = 0, 0.0, 0
+        self.step, self.epoch, self.updates, self.flushed = 0, 0.0, 0, 0
         self.model = SimpleNamespace(training=True)
         self.device = "cpu"
+        self.logger = SimpleNamespace(writer=SimpleNamespace(flush=self._flush))
+
+    def _flush(self):
+        self.flushed += 1
 
     def _forward(self, batch):
         return batch
@@ -64,7 +68,7 @@ def test_preemption_signal_checkpoints_at_the_next_step_boundary(monkeypatch):
     seen = []
 
     def submitit_handler(signum, frame):
-        seen.append((trainer.step, trainer.epoch, trainer.updates))
+        seen.append((trainer.step, trainer.epoch, trainer.updates, trainer.flushed))
         raise SystemExit(-1)
 
     trainer = LoopTrainer()
@@ -79,4 +83,4 @@ def test_preemption_signal_checkpoints_at_the_next_step_boundary(monkeypatch):
                 trainer._backward(out)
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert seen == [(3, 0.3, 3)]
+    assert seen == [(3, 0.3, 3, 1)]  # and the metrics logged so far were written out
