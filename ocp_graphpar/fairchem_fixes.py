@@ -16,6 +16,12 @@ nothing in site-packages is edited, and :func:`apply` is idempotent.
   logs ``CUDA_VISIBLE_DEVICES``, a KeyError without GPUs), on a fixed machine-wide port. Fixed
   for ``--submit --cpu``: gloo, ranks from SLURM's task layout, a port derived from the job id.
   (The job imports the plugin early enough through ``ocp_graphpar.launch.GraphParallelRunner``.)
+- ``distutils.cleanup`` destroys the process groups while the trainer's DDP still holds them, so
+  the last reference goes when DDP is garbage-collected. ``ProcessGroupGloo``'s destructor then
+  joins its worker threads while holding the GIL; a worker that still needs the GIL to release a
+  finished collective's tensor never ends, and the rank hangs after its run is done (seen once
+  in about 15 ``fairchem`` launches). Fixed: the groups are kept referenced until the process
+  exits, so no destructor runs mid-run.
 """
 
 from __future__ import annotations
@@ -141,6 +147,21 @@ def _sets_up_slurm_cpu_jobs(setup: Callable) -> Callable:
     return wrapper
 
 
+_RETAINED_GROUPS: list = []
+
+
+def _retains_process_groups(cleanup: Callable) -> Callable:
+    @functools.wraps(cleanup)
+    def wrapper() -> None:
+        from torch.distributed import distributed_c10d
+
+        _RETAINED_GROUPS.extend(distributed_c10d._world.pg_map)
+        cleanup()
+
+    setattr(wrapper, _APPLIED, True)
+    return wrapper
+
+
 def apply() -> None:
     """Install every fix (safe to call more than once)."""
     from fairchem.core.common import distutils, utils
@@ -158,3 +179,5 @@ def apply() -> None:
             setattr(cls, name, _writes_results_atomically(method))
     if not getattr(distutils.setup, _APPLIED, False):
         distutils.setup = _sets_up_slurm_cpu_jobs(distutils.setup)
+    if not getattr(distutils.cleanup, _APPLIED, False):
+        distutils.cleanup = _retains_process_groups(distutils.cleanup)
