@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,12 @@ from fairchem.core.common.relaxation.optimizers.lbfgs_torch import LBFGS
 from fairchem.core.trainers import OCPTrainer, base_trainer
 
 import ocp_graphpar  # noqa: F401  (installs the fixes)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class Unpicklable:
@@ -28,6 +35,8 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
             save({"step": 2, "weights": torch.zeros(1000), "x": Unpicklable()}, str(tmp_path))
         assert torch.load(tmp_path / "checkpoint.pt")["step"] == 1
         assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+        mode = (tmp_path / "checkpoint.pt").stat().st_mode & 0o777
+        assert mode == 0o666 & ~current_umask()  # as torch.save would create it, not 0600
 
 
 def trainer_stub(results_dir) -> SimpleNamespace:
