@@ -12,6 +12,8 @@ from fairchem.core.modules.scaling.compat import _load_scale_dict
 from fairchem.core.modules.scaling.scale_factor import ScaleFactor
 from torch import nn
 
+from ocp_graphpar.parallel.groups import _world_size
+
 # Scale files written before fairchem renamed the atom-update scale factors (e.g. the shipped
 # GemNet-XL file) name them after their interaction block.
 _LEGACY_ATOM_UPDATE = re.compile(r"^IntBlock_(\d+)_sum$")
@@ -55,10 +57,6 @@ class GraphParallelScaleFactor(ScaleFactor):
         self.stats["variance_in"] += var_in * n
         self.stats["n_samples"] += n
         return None
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _global_variance(x: torch.Tensor) -> tuple[int, float]:
