@@ -7,8 +7,11 @@ import sys
 from collections.abc import Sequence
 
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.tools.bench.cli import add_bench_commands
 from ocp_graphpar.tools.data.cli import add_data_commands
+from ocp_graphpar.tools.demo.cli import add_demo_commands
 from ocp_graphpar.tools.export.cli import add_export_commands
+from ocp_graphpar.tools.plan.cli import add_plan_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,8 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Graph-parallel GemNet-XL / DimeNet++-XL for fairchem: data, tools, reports.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_demo_commands(commands)
     add_data_commands(commands)
     add_export_commands(commands)
+    add_bench_commands(commands)
+    add_plan_commands(commands)
     return parser
 
 

@@ -1,0 +1,91 @@
+"""``ocp-graphpar bench``: run the benchmark suite and write ``docs/benchmarks.md`` and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from ocp_graphpar.tools.bench.report import floors, organise, plot_all, render_markdown
+from ocp_graphpar.tools.bench.suite import load_suite, run_suite
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Handler of ``bench``: measure (unless ``--report-only``), then render."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results_path = args.out / "benchmarks" / "results.json"
+    previous = json.loads(results_path.read_text()) if results_path.exists() else None
+    if args.report_only:
+        if previous is None:
+            from ocp_graphpar.errors import UserFacingError
+
+            raise UserFacingError(f"{results_path} does not exist; run `ocp-graphpar bench` first")
+        document = previous
+    else:
+        suite = load_suite(args.suite).select(args.only)
+        results = run_suite(suite)
+        document = _merge(previous, results, args) if args.only else _document(results, args)
+        _write_atomic(results_path, json.dumps(document, indent=1))
+    plots = plot_all(document["results"], args.out / "benchmarks")
+    markdown = render_markdown(document["results"], document["environment"], plots)
+    _write_atomic(args.out / "benchmarks.md", markdown)
+    print(f"wrote {args.out / 'benchmarks.md'}, {results_path} and {len(plots)} plots")
+    for name, entry in organise(document["results"]).items():
+        for what, value, floor, holds in floors(entry) if entry["info"].get("floors") else []:
+            print(f"  {name}: {what} = {value:.3f} (floor {floor}) {'ok' if holds else 'MISSED'}")
+    return 0
+
+
+def _environment(args: argparse.Namespace) -> dict:
+    import torch
+
+    command = "ocp-graphpar bench" + (f" --suite {args.suite}" if args.suite else "")
+    return {
+        "command": command,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, gloo ranks on CPU",
+        "argv": shlex.join(sys.argv),
+    }
+
+
+def _document(results: list[dict], args: argparse.Namespace) -> dict:
+    return {"environment": _environment(args), "results": results}
+
+
+def _merge(previous: dict | None, results: list[dict], args: argparse.Namespace) -> dict:
+    """Replace the re-run workloads' records and keep the others."""
+    if previous is None:
+        return _document(results, args)
+    rerun = {record["workload"] for record in results}
+    kept = [record for record in previous["results"] if record["workload"] not in rerun]
+    return {"environment": previous["environment"], "results": kept + results}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def add_bench_commands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure traffic, memory, load and step time against upstream; write the report",
+        description=__doc__,
+    )
+    parser.add_argument("--suite", type=Path, default=Path("configs/bench/default.yml"))
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="report folder")
+    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", help="re-run these workloads")
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-render from the saved results"
+    )
+    parser.set_defaults(handler=run_bench)

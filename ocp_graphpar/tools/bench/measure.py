@@ -1,0 +1,119 @@
+"""One contender's training step on one rank: traffic, memory, load and time.
+
+A training step here is what fairchem's trainer does between two optimizer steps: forward, the
+S2EF loss (energy MAE + 100 x force L2-MAE, as the GemNet-XL config) and backward. The optimizer
+step and the EMA update touch only replicated parameters, so they cost the same for every
+contender and every P; their state is measured once (:func:`model_state_bytes`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+from ocp_graphpar.parallel.groups import gp_rank
+from ocp_graphpar.tools.bench.contenders import build_contender, running
+from ocp_graphpar.tools.bench.memory import step_activation_peak, tensor_bytes
+from ocp_graphpar.tools.bench.wire import count_wire_bytes
+
+FORCE_COEFFICIENT = 100.0
+
+
+def training_step(model: torch.nn.Module, batch) -> None:
+    """Forward, loss and backward of one S2EF training step."""
+    out = model(batch.clone())
+    energy = out["energy"].reshape(-1)
+    loss = (energy - batch.energy.to(energy.dtype)).abs().mean()
+    force_error = (out["forces"] - batch.forces.to(energy.dtype)).norm(dim=-1).mean()
+    (loss + FORCE_COEFFICIENT * force_error).backward()
+
+
+def _allocate_gradients(model: torch.nn.Module) -> None:
+    """Gradients exist before the step, as from the second step on in training."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad = torch.zeros_like(param)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def measure_contender(
+    name: str,
+    family: str,
+    model_config: dict,
+    batch,
+    repeats: int = 3,
+    device: str = "cpu",
+) -> dict:
+    """Bytes and calls per collective kind, activation peak, load and step times on this rank."""
+    device = torch.device(device)
+    model = build_contender(name, family, model_config).to(device)
+    model.train()
+    batch = batch.to(device)
+    with running(name):
+        with count_wire_bytes() as wire:
+            training_step(model, batch)
+        partition = getattr(model, "last_forward", {}).get("partition")
+        _allocate_gradients(model)
+        with step_activation_peak(device) as peak:
+            training_step(model, batch)
+        times = []
+        for _ in range(repeats):
+            _barrier()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            training_step(model, batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return {
+        "comm": {"bytes": wire.total_bytes, "calls": wire.total_calls, "by_kind": wire.as_dict()},
+        "memory": {
+            "parameters": tensor_bytes(model.parameters()),
+            "gradients": tensor_bytes(p.grad for p in model.parameters()),
+            "activations": peak["peak"],
+        },
+        "load": _load(partition),
+        "step_s": statistics.median(times),
+        "step_s_all": times,
+    }
+
+
+def _load(partition) -> dict | None:
+    if partition is None:
+        return None
+    rank = gp_rank()
+    return {
+        "atoms": partition.atoms[rank],
+        "edges": partition.edges[rank],
+        "triplets": partition.triplets[rank],
+        "halo_atoms": partition.atom_halo[rank],
+        "cut_edges": partition.cut_edges,
+    }
+
+
+def model_state_bytes(name: str, family: str, model_config: dict, ema_decay: float = 0.999) -> dict:
+    """Parameters, gradients, AdamW (AMSGrad) state and EMA after one optimizer step, measured
+    with fairchem's EMA and torch's AdamW as the trainer builds them."""
+    from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
+
+    model = build_contender(name, family, model_config)
+    _allocate_gradients(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True)
+    optimizer.step()
+    ema = ExponentialMovingAverage(model.parameters(), ema_decay)
+    ema.update()
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    return {
+        "parameters": tensor_bytes(model.parameters()),
+        "gradients": tensor_bytes(p.grad for p in model.parameters()),
+        "optimizer": tensor_bytes(t for t in state if t.dim() > 0),
+        "ema": tensor_bytes(ema.shadow_params),
+    }

@@ -1,0 +1,206 @@
+"""Shapes of a model's parameters and peak activations, as formulas in its widths and graph size.
+
+Building a 300M-1B parameter model to ask how much memory it needs would cost the memory in
+question, so the planner traces a *probe*: the same architecture (same blocks, layers, bases)
+with every width replaced by a distinct prime, run for one training step on a small slab. Each
+dimension of each parameter and of each tensor live at the step's peak is then read back as a
+symbol: a width (a prime only that width has), a graph size (atoms, edges, triplets, the
+longest triplet list of an edge), a product of two of those, or a constant. Evaluating the
+symbols at the real widths and at any graph size gives the real model's counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ocp_graphpar.errors import UserFacingError
+
+# The model arguments that are widths: free to change in the probe without changing the
+# computation's structure. Everything else (blocks, layers, spherical order) stays as given.
+WIDTHS = {
+    "gemnet": (
+        "emb_size_atom",
+        "emb_size_edge",
+        "emb_size_trip",
+        "emb_size_rbf",
+        "emb_size_cbf",
+        "emb_size_bil_trip",
+        "num_radial",
+    ),
+    "dimenet": ("hidden_channels", "out_emb_channels", "int_emb_size", "basis_emb_size"),
+}
+GRAPH_SYMBOLS = ("atoms", "edges", "triplets", "kmax")
+_PRIMES = [p for p in range(29, 2000) if all(p % q for q in range(2, int(p**0.5) + 1))]
+
+Monomial = tuple[str, ...]  # symbols multiplied together
+Term = tuple[Monomial, ...]  # monomials added together: one dimension
+
+
+@dataclass(frozen=True)
+class Formula:
+    """Bytes (or elements) as a sum over tensors of ``element_size * prod(dims)``."""
+
+    tensors: tuple[tuple[int, tuple[Term | int, ...]], ...]
+
+    def evaluate(self, values: dict[str, float]) -> float:
+        total = 0.0
+        for element_size, dims in self.tensors:
+            size = float(element_size)
+            for dim in dims:
+                size *= dim if isinstance(dim, int) else _value(dim, values)
+            total += size
+        return total
+
+
+def _value(term: Term, values: dict[str, float]) -> float:
+    return sum(math.prod(values[symbol] for symbol in monomial) for monomial in term)
+
+
+@dataclass(frozen=True)
+class Trace:
+    family: str
+    parameters: Formula  # element counts
+    activations: Formula  # bytes at the peak of a training step
+    unresolved: int  # dimensions read as constants although they were not small
+
+
+def family_of(model_name: str) -> str:
+    lowered = model_name.lower()
+    if "gemnet" in lowered:
+        return "gemnet"
+    if "dimenet" in lowered:
+        return "dimenet"
+    raise UserFacingError(
+        f"the planner knows GemNet-T and DimeNet++ models; model {model_name!r} is neither"
+    )
+
+
+def probe_batch(radius: float = 3.2, max_neighbors: int = 14):
+    """Two small slabs with an adsorbate, and their nearest-neighbour graph: every kind of
+    edge and triplet (periodic images included), on few of them, so the probe runs fast."""
+    from ase.build import add_adsorbate, fcc111
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from fairchem.core.datasets.lmdb_dataset import data_list_collater
+    from fairchem.core.preprocessing import AtomsToGraphs
+
+    structures = []
+    for size, adsorbate in (((2, 2, 3), "O"), ((3, 2, 2), "H")):
+        slab = fcc111("Cu", size=size, vacuum=6.0)
+        add_adsorbate(slab, adsorbate, 1.8, "fcc")
+        slab.set_tags([1] * (len(slab) - 1) + [2])
+        slab.calc = SinglePointCalculator(slab, energy=0.0, forces=slab.positions * 0.0)
+        structures.append(slab)
+    a2g = AtomsToGraphs(
+        max_neigh=max_neighbors, radius=radius, r_energy=True, r_forces=True, r_edges=True
+    )
+    return data_list_collater([a2g.convert(s) for s in structures], otf_graph=False)
+
+
+def model_graph_size(family: str, model: torch.nn.Module, batch) -> dict[str, int]:
+    """Atoms, edges, triplets and (GemNet) the longest triplet list of an edge, as the model
+    itself builds its graph from ``batch`` (GemNet-T drops edges without a reverse)."""
+    if family == "gemnet":
+        from ocp_graphpar.models.gemnet_xl.graph import build_local_graph
+
+        graph = build_local_graph(model, batch.clone(), model.partition_weights)
+        return {
+            "atoms": graph.plan.num_atoms,
+            "edges": int(graph.idx_s.numel()),
+            "triplets": int(graph.id3_ba.numel()),
+            "kmax": int(graph.id3_ragged_idx.max()) + 1,
+        }
+    from ocp_graphpar.models.dimenetpp_xl.graph import build_triplet_graph
+
+    graph = build_triplet_graph(model, batch.clone(), weights=model.partition_weights)
+    return {
+        "atoms": graph.plan.num_atoms,
+        "edges": int(graph.plan.num_edges),
+        "triplets": int(graph.idx_kj.numel()),
+    }
+
+
+def trace_model(family: str, model_config: dict) -> Trace:
+    """Trace the probe of ``model_config`` (one process, one training step, a few seconds)."""
+    from ocp_graphpar.tools.bench.contenders import build_contender
+    from ocp_graphpar.tools.bench.measure import training_step
+    from ocp_graphpar.tools.bench.memory import LiveTensorBytes
+
+    config = {**model_config, "otf_graph": False}
+    batch = probe_batch()
+    narrow = build_contender("ours", family, {**config, **_narrow(family, config)})
+    constants = {int(d) for p in narrow.parameters() for d in p.shape}
+    graph = model_graph_size(family, narrow, batch)  # widths do not change the graph
+    markers = _markers(WIDTHS[family], config, constants | set(graph.values()))
+    model = build_contender("ours", family, {**config, **markers})
+    model.train()
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    with LiveTensorBytes(record_shapes=True) as tracker:
+        training_step(model, batch)
+    widths = {value: ((name,),) for name, value in markers.items()}
+    sizes = {value: ((name,),) for name, value in graph.items()}
+    sizes.setdefault(int(batch.edge_index.shape[1]), (("edges",),))  # the input graph's edges
+    readings = _readings(widths, sizes)
+    parameters, missed_p = _formula(((p.shape, 1) for p in model.parameters()), readings)
+    activations, missed_a = _formula(tracker.shapes_at_peak, readings)
+    return Trace(family, parameters, activations, missed_p + missed_a)
+
+
+def _narrow(family: str, config: dict) -> dict[str, int]:
+    """Every width 2: the dimensions of this model's parameters that are not 2 follow no width
+    (element tables, basis sizes)."""
+    return {name: 2 for name in WIDTHS[family] if name in config}
+
+
+def _markers(names: tuple[str, ...], config: dict, taken: set[int]) -> dict[str, int]:
+    """A prime per width present in ``config``, the smallest such that no sum of up to three of
+    them, nor any product of two, equals another such value or a ``taken`` graph size."""
+    chosen: list[int] = []
+    present = [name for name in names if name in config]
+    for prime in _PRIMES:
+        if len(chosen) == len(present):
+            break
+        if _distinguishable([*chosen, prime], taken):
+            chosen.append(prime)
+    return dict(zip(present, chosen))
+
+
+def _distinguishable(values: list[int], taken: set[int]) -> bool:
+    seen = set(taken)
+    combos = [(v,) for v in values]
+    combos += list(itertools.combinations_with_replacement(values, 2))
+    combos += list(itertools.combinations_with_replacement(values, 3))
+    for combo in combos:
+        for value in {sum(combo), math.prod(combo) if len(combo) == 2 else sum(combo)}:
+            if value in seen:
+                return False
+            seen.add(value)
+    return True
+
+
+def _formula(shapes, readings: dict[int, Term]) -> tuple[Formula, int]:
+    tensors, unresolved = [], 0
+    for shape, element_size in shapes:
+        dims = tuple(readings.get(int(dim), int(dim)) for dim in shape)
+        unresolved += sum(isinstance(d, int) and d > 10 for d in dims)
+        tensors.append((element_size, dims))
+    return Formula(tuple(tensors)), unresolved
+
+
+def _readings(widths: dict[int, Term], sizes: dict[int, Term]) -> dict[int, Term]:
+    """What each value a dimension may take means, the simplest reading first: a width or a
+    graph size, a product of two (a flattened tensor), a sum of two or three widths (a
+    concatenation)."""
+    singles = {**widths, **sizes}
+    readings: dict[int, Term] = {}
+    for (a, ta), (b, tb) in itertools.combinations_with_replacement(singles.items(), 2):
+        readings.setdefault(a * b, ((ta[0] + tb[0]),))
+    for count in (3, 2):
+        for combo in itertools.combinations_with_replacement(widths.items(), count):
+            value = sum(v for v, _ in combo)
+            readings.setdefault(value, tuple(t[0] for _, t in combo))
+    return {**readings, **singles}
