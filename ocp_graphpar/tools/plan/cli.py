@@ -38,6 +38,7 @@ def run_plan(args: argparse.Namespace) -> int:
         "parameters": num_parameters,
         "graph": vars(graph),
         "batch_size": batch,
+        "max_neighbors": model_config.get("max_neighbors"),
         "gpu_mem_gib": args.gpu_mem,
         "reserve_gib": args.reserve,
         "state_bytes": vars(state),
@@ -86,6 +87,13 @@ def _text(report: dict, state: ModelState, rows: list[PlanRow], graph: GraphSize
         for row in rows
     ]
     lines.append("")
+    max_neighbors = report["max_neighbors"]
+    if max_neighbors and graph.edges > max_neighbors * graph.atoms:
+        lines.append(
+            f"note: {graph.edges:,} edges over {graph.atoms:,} atoms exceeds the config's "
+            f"max_neighbors={max_neighbors} ({max_neighbors * graph.atoms:,} edges at most); "
+            "the model would build the smaller graph."
+        )
     lines.append(_advice(report, state, args))
     return "\n".join(lines)
 

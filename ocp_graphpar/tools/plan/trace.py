@@ -11,8 +11,11 @@ symbols at the real widths and at any graph size gives the real model's counts.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -131,11 +134,12 @@ def trace_model(family: str, model_config: dict) -> Trace:
 
     config = {**model_config, "otf_graph": False}
     batch = probe_batch()
-    narrow = build_contender("ours", family, {**config, **_narrow(family, config)})
-    constants = {int(d) for p in narrow.parameters() for d in p.shape}
-    graph = model_graph_size(family, narrow, batch)  # widths do not change the graph
-    markers = _markers(WIDTHS[family], config, constants | set(graph.values()))
-    model = build_contender("ours", family, {**config, **markers})
+    with _symbolic_bases_computed_once():
+        narrow = build_contender("ours", family, {**config, **_narrow(family, config)})
+        constants = {int(d) for p in narrow.parameters() for d in p.shape}
+        graph = model_graph_size(family, narrow, batch)  # widths do not change the graph
+        markers = _markers(WIDTHS[family], config, constants | set(graph.values()))
+        model = build_contender("ours", family, {**config, **markers})
     model.train()
     for param in model.parameters():
         param.grad = torch.zeros_like(param)
@@ -148,6 +152,22 @@ def trace_model(family: str, model_config: dict) -> Trace:
     parameters, missed_p = _formula(((p.shape, 1) for p in model.parameters()), readings)
     activations, missed_a = _formula(tracker.shapes_at_peak, readings)
     return Trace(family, parameters, activations, missed_p + missed_a)
+
+
+@contextlib.contextmanager
+def _symbolic_bases_computed_once() -> Iterator[None]:
+    """DimeNet++'s bases are derived with sympy when a model is built (tens of seconds); the
+    probe builds two models with the same bases, so derive them once."""
+    from torch_geometric.nn.models import dimenet_utils
+
+    originals = {name: getattr(dimenet_utils, name) for name in ("bessel_basis", "real_sph_harm")}
+    for name, original in originals.items():
+        setattr(dimenet_utils, name, functools.lru_cache(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(dimenet_utils, name, original)
 
 
 def _narrow(family: str, config: dict) -> dict[str, int]:
