@@ -81,7 +81,7 @@ def measure_contender(
             "activations": peak["peak"],
         },
         "load": _load(partition),
-        "step_s": statistics.median(times),
+        "step_s": statistics.median(times) if times else None,
         "step_s_all": times,
     }
 

@@ -1,0 +1,97 @@
+"""``ocp-graphpar bench``: its memory counter, and one small suite end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from gemnet_cases import TINY
+from oc20 import require_oc20_mini
+
+from ocp_graphpar.cli import main
+from ocp_graphpar.tools.bench.memory import LiveTensorBytes
+from ocp_graphpar.tools.bench.report import organise, per_rank_max, total
+
+
+def test_live_tensor_bytes_counts_storages_once_and_releases_them():
+    with LiveTensorBytes() as tracker:
+        a = torch.ones(1000)  # 4000 bytes
+        view = a[:10]  # shares a's storage
+        b = a * 2  # 4000 more
+        assert tracker.live == 8000
+        del a
+        assert tracker.live == 8000  # the view keeps the storage alive
+        del view, b
+        assert tracker.live == 0
+        x = torch.ones(100, 100, requires_grad=True)
+        y = x.exp().sum()  # exp's output is saved for backward
+        y.backward()
+    assert tracker.peak >= 8000 + 40000 + 40000  # x, exp(x) and x.grad together at the end
+
+
+@pytest.fixture(scope="module")
+def small_suite(tmp_path_factory):
+    mini = require_oc20_mini()
+    folder = tmp_path_factory.mktemp("bench")
+    model = {"name": "gemnet_xl", **TINY, "direct_forces": True}  # as the XL configs
+    (folder / "tiny.yml").write_text(yaml.safe_dump({"model": model}))
+    suite = {
+        "sizes": [1, 2],
+        "repeats": 1,
+        "workloads": [
+            {
+                "name": "tiny",
+                "description": "test widths",
+                "config": str(folder / "tiny.yml"),
+                "family": "gemnet",
+                "systems": [str(mini / "random1000100.traj"), str(mini / "random1000120.traj")],
+                "contenders": ["ours", "gp_gemnet_t", "gemnet_t"],
+                "floors": True,
+            }
+        ],
+    }
+    (folder / "suite.yml").write_text(yaml.safe_dump(suite))
+    out = folder / "docs"
+    assert main(["bench", "--suite", str(folder / "suite.yml"), "--out", str(out)]) == 0
+    return out
+
+
+def test_bench_writes_the_report_tables_and_plots(small_suite):
+    markdown = (small_suite / "benchmarks.md").read_text()
+    for label in ("ocp-graphpar", "upstream gp_gemnet_t", "upstream gemnet_t"):
+        assert f"| {label} |" in markdown
+    assert "AdamW + AMSGrad state" in markdown and "Triplet imbalance" in markdown
+    for plot in ("bytes_vs_p", "memory_vs_p", "step_time_vs_p", "load_balance"):
+        png = small_suite / "benchmarks" / f"{plot}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"benchmarks/{plot}.png" in markdown
+
+
+def test_bench_measures_what_the_design_promises(small_suite):
+    document = json.loads((small_suite / "benchmarks" / "results.json").read_text())
+    entry = organise(document["results"])["tiny"]
+    runs = entry["runs"]
+    assert set(runs) == {("ours", 1), ("gp_gemnet_t", 1), ("gemnet_t", 1), ("ours", 2),
+                         ("gp_gemnet_t", 2)}  # fmt: skip
+    assert total(runs["ours", 1], "comm", "bytes") == 0
+    assert (
+        0 < total(runs["ours", 2], "comm", "bytes") < total(runs["gp_gemnet_t", 2], "comm", "bytes")
+    )
+    one, two = (per_rank_max(runs["ours", p], "memory", "activations") for p in (1, 2))
+    assert two < 0.75 * one
+    loads = [rank["load"] for rank in runs["ours", 2]["per_rank"]]
+    assert sum(load["atoms"] for load in loads) == entry["info"]["atoms"] == 71
+    state = entry["state"]
+    # AdamW's two moments and AMSGrad's maximum for every trained parameter (the scale
+    # factors are parameters that are not trained)
+    assert state["optimizer"] == 3 * state["gradients"] > 0.99 * 3 * state["parameters"]
+
+
+def test_bench_report_only_rerenders_and_unknown_workloads_are_named(small_suite, capsys):
+    (small_suite / "benchmarks.md").unlink()
+    assert main(["bench", "--out", str(small_suite), "--report-only"]) == 0
+    assert (small_suite / "benchmarks.md").exists()
+    assert main(["bench", "--out", str(small_suite), "--only", "nope"]) == 2
+    assert "no workload named ['nope']" in capsys.readouterr().err
