@@ -63,16 +63,17 @@ def measure_contender(
         _allocate_gradients(model)
         with step_activation_peak(device) as peak:
             training_step(model, batch)
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
             _barrier()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             training_step(model, batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     return {
         "comm": {"bytes": wire.total_bytes, "calls": wire.total_calls, "by_kind": wire.as_dict()},
         "memory": {
@@ -83,6 +84,9 @@ def measure_contender(
         "load": _load(partition),
         "step_s": statistics.median(times) if times else None,
         "step_s_all": times,
+        # CPU seconds of this process's threads: unlike wall time, not inflated by other
+        # processes sharing the cores
+        "cpu_s": statistics.median(cpu_times) if cpu_times else None,
     }
 
 
