@@ -36,12 +36,14 @@ def _dig(value, keys):
 def organise(results: list[dict]) -> dict:
     """``{workload: {"info": ..., "state": ..., "runs": {(contender, P): run}}}``."""
     table: dict = defaultdict(lambda: {"runs": {}})
-    for record in results:
+    for record in (r for r in results if r["kind"] != "plan"):
         entry = table[record["workload"]]
         if record["kind"] == "workload":
             entry["info"] = record
         elif record["kind"] == "state":
             entry["state"] = record
+        elif record["kind"] == "plan_check":
+            entry["plan_check"] = record["estimates"]
         else:
             entry["runs"][record["contender"], record["size"]] = record
     return dict(table)
@@ -72,6 +74,9 @@ def render_markdown(results: list[dict], environment: dict, plots: dict[str, str
     lines = ["# Benchmarks", "", _preamble(environment), ""]
     for name, entry in organise(results).items():
         lines += _workload_section(name, entry)
+    plans = [record for record in results if record["kind"] == "plan"]
+    if plans:
+        lines += _plans_section(plans)
     lines += ["## Plots", ""]
     lines += [f"![{title}]({path})" for title, path in plots.items()]
     return "\n".join(lines) + "\n"
@@ -111,6 +116,49 @@ def _workload_section(name: str, entry: dict) -> list[str]:
     if "state" in entry:
         lines += _state_table(entry["state"])
     lines += _load_table(runs)
+    if "plan_check" in entry:
+        lines += _plan_check_table(runs, entry["plan_check"])
+    return lines
+
+
+def _plan_check_table(runs: dict, estimates: dict) -> list[str]:
+    lines = [
+        "`ocp-graphpar plan`'s activation estimate against the measured peak (ours, per rank):",
+        "",
+        "| P | Measured | Planner | Planner error |",
+        "|---:|---:|---:|---:|",
+    ]
+    for (contender, size), run in sorted(runs.items(), key=lambda kv: kv[0][1]):
+        if contender != "ours" or str(size) not in estimates:
+            continue
+        measured = per_rank_max(run, "memory", "activations")
+        estimate = estimates[str(size)]
+        lines.append(
+            f"| {size} | {measured / MIB:,.1f} MiB | {estimate / MIB:,.1f} MiB "
+            f"| {100 * (estimate / measured - 1):+.1f}% |"
+        )
+    return [*lines, ""]
+
+
+def _plans_section(plans: list[dict]) -> list[str]:
+    from ocp_graphpar.tools.plan.cli import format_plan
+
+    lines = [
+        "## Memory plans",
+        "",
+        "`ocp-graphpar plan` for the paper's configurations (model state is measured-exact "
+        "arithmetic; activations are the traced formulas validated above):",
+        "",
+    ]
+    for plan in plans:
+        graph = plan["graph"]
+        lines += [
+            f"`ocp-graphpar plan --config {plan['config']} --atoms {graph['atoms']} "
+            f"--edges {graph['edges']} --gpu-mem {plan['gpu_mem_gib']:g}`",
+            "",
+            *format_plan(plan, triplets_given=False).splitlines(),
+            "",
+        ]
     return lines
 
 

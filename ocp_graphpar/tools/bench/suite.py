@@ -49,6 +49,7 @@ class Suite:
     workloads: list[Workload]
     sizes: list[int]
     repeats: int = 2
+    plans: list[dict] = field(default_factory=list)  # ``ocp-graphpar plan`` arguments
 
     def select(self, names: list[str] | None) -> Suite:
         if not names:
@@ -58,7 +59,7 @@ class Suite:
             known = ", ".join(w.name for w in self.workloads)
             raise UserFacingError(f"no workload named {sorted(unknown)} (the suite has: {known})")
         chosen = [w for w in self.workloads if w.name in names]
-        return Suite(chosen, self.sizes, self.repeats)
+        return Suite(chosen, self.sizes, self.repeats, plans=[])
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
@@ -75,7 +76,8 @@ def load_suite(path: str | os.PathLike) -> Suite:
                 f"workload {workload.name}: unknown contenders {sorted(unknown)}; "
                 f"choose from {sorted(CONTENDERS)}"
             )
-    return Suite(workloads, list(spec.get("sizes", [1, 2, 4])), int(spec.get("repeats", 2)))
+    sizes = list(spec.get("sizes", [1, 2, 4]))
+    return Suite(workloads, sizes, int(spec.get("repeats", 2)), list(spec.get("plans", [])))
 
 
 def load_batch(systems: list[str], cutoff: float, max_neighbors: int):
@@ -168,7 +170,36 @@ def run_suite(suite: Suite) -> list[dict]:
                 progress.update()
                 log.info("P=%d %s %s: %s", size, workload.name, contender, _brief(results[-1]))
     progress.close()
-    return [_workload_record(w, batches[w.name]) for w in suite.workloads] + results
+    checks = [_plan_check(w, cfg, batches[w.name], suite.sizes) for w, cfg in prepared]
+    plans = [_plan(spec) for spec in tqdm(suite.plans, desc="plans", unit="plan")]
+    return (
+        [_workload_record(w, batches[w.name]) for w in suite.workloads] + results + checks + plans
+    )
+
+
+def _plan_check(workload: Workload, config: dict, batch, sizes: list[int]) -> dict:
+    """The planner's activation estimate for this workload's batch at every size, to set
+    beside the measured peaks."""
+    from ocp_graphpar.tools.bench.contenders import build_contender
+    from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes
+    from ocp_graphpar.tools.plan.trace import WIDTHS, model_graph_size, trace_model
+
+    trace = trace_model(workload.family, config)
+    widths = {name: config[name] for name in WIDTHS[workload.family] if name in config}
+    counts = model_graph_size(
+        workload.family, build_contender("ours", workload.family, config), batch
+    )
+    graph = GraphSize(counts["atoms"], counts["edges"], counts["triplets"], counts.get("kmax", 1))
+    estimates = {str(p): activation_bytes(trace, widths, graph, batch=1, gp=p) for p in sizes}
+    return {"kind": "plan_check", "workload": workload.name, "estimates": estimates}
+
+
+def _plan(spec: dict) -> dict:
+    from ocp_graphpar.tools.plan.estimate import GraphSize, plan_memory
+
+    spec = dict(spec)
+    graph = GraphSize.from_counts(spec.pop("atoms"), spec.pop("edges"))
+    return {"kind": "plan", "workload": "", **plan_memory(spec.pop("config"), graph, **spec)}
 
 
 def _run_record(size: int, threads: int, workload: Workload, contender: str, per_rank) -> dict:

@@ -8,10 +8,12 @@ of atoms, edges and triplets. Both come from the traced formulas of :mod:`.trace
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ocp_graphpar.errors import UserFacingError
-from ocp_graphpar.tools.plan.trace import Trace
+from ocp_graphpar.tools.plan.trace import WIDTHS, Trace, family_of, trace_model
 
 GIB = 2**30
 FLOAT32 = 4
@@ -114,3 +116,51 @@ def plan_rows(
             break
         gp *= 2
     return rows
+
+
+def load_model_config(path: Path) -> dict:
+    """A fairchem config (``includes`` resolved) with a named model, or a clear error."""
+    from fairchem.core.common.utils import load_config
+
+    if not path.is_file():
+        raise UserFacingError(f"config {path} does not exist; pass --config configs/s2ef/*.yml")
+    config = load_config(str(path))[0]
+    if "model" not in config or "name" not in config["model"]:
+        raise UserFacingError(f"{path} has no model section with a name")
+    return config
+
+
+def plan_memory(
+    config_path: str | os.PathLike,
+    graph: GraphSize,
+    gpu_mem_gib: float = 32.0,
+    reserve_gib: float = 2.0,
+    batch_size: int | None = None,
+    max_gp: int = 1024,
+) -> dict:
+    """The memory plan of a training config for structures of ``graph``'s size (plain data)."""
+    config = load_model_config(Path(config_path))
+    model_config = dict(config["model"])
+    family = family_of(str(model_config.pop("name")))
+    trace = trace_model(family, model_config)
+    widths = {name: model_config[name] for name in WIDTHS[family] if name in model_config}
+    num_parameters = round(trace.parameters.evaluate(widths))
+    optim = config.get("optim", {})
+    state = model_state(num_parameters, optim)
+    batch = batch_size or int(optim.get("batch_size", 1))
+    rows = plan_rows(
+        trace, widths, state, graph, batch, gpu_mem_gib * GIB, reserve_gib * GIB, max_gp
+    )
+    return {
+        "config": str(config_path),
+        "model": config["model"]["name"],
+        "parameters": num_parameters,
+        "graph": vars(graph),
+        "batch_size": batch,
+        "max_neighbors": model_config.get("max_neighbors"),
+        "gpu_mem_gib": gpu_mem_gib,
+        "reserve_gib": reserve_gib,
+        "state_bytes": vars(state),
+        "rows": [vars(row) for row in rows],
+        "recommended_gp": next((row.gp_size for row in rows if row.fits), None),
+    }
