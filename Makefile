@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ocp-graphpar-setup
 DATA   ?=
 DEMO_DIR ?= demo_run
+DEMO_ARGS ?=
+RESTART ?=
 
 .PHONY: setup test lint demo data-demo clean
 
@@ -22,9 +24,13 @@ lint: setup
 	$(PY) -m ruff check ocp_graphpar tests
 	$(PY) -m ruff format --check ocp_graphpar tests
 
-# Until the full demo pipeline lands, `make demo` builds the embedded demo dataset.
+# The main job (README, "make demo"): dataset, GemNet-XL trained at gp 2 on 2 CPU ranks,
+# S2EF predictions, IS2RS relaxations, leaderboard files, summary in $(DEMO_DIR)/summary.md.
+# Re-running resumes where it stopped. DATA=trajectories or folders of *.traj instead of the
+# embedded set; RESTART=1 starts over; DEMO_ARGS passes more options (ocp-graphpar demo -h).
 demo: setup
-	$(VENV)/bin/ocp-graphpar data demo --out $(DEMO_DIR)/data --overwrite
+	$(VENV)/bin/ocp-graphpar demo --out $(DEMO_DIR) $(if $(strip $(DATA)),--data $(DATA)) \
+		$(if $(filter 1 yes true,$(RESTART)),--restart) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

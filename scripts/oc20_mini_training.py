@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,47 +24,24 @@ REPO = Path(__file__).resolve().parents[1]
 VAL_FRACTION = 0.2
 
 
-def frames(system, keep: list[int]):
-    """The relaxation ``system`` restricted to the frames ``keep``."""
-    return dataclasses.replace(
-        system,
-        positions=system.positions[keep],
-        cells=system.cells[keep],
-        energies=system.energies[keep],
-        forces=system.forces[keep],
-    )
-
-
-def thin_frames(system, stride: int):
-    """Every ``stride``-th frame of a relaxation, first and last (relaxed) kept."""
-    return frames(system, sorted(set(range(0, system.n_frames, stride)) | {system.n_frames - 1}))
-
-
 def hold_out_frames(system, every: int):
     """(training, held-out) frames of one relaxation: every ``every``-th frame is held out."""
+    from ocp_graphpar.tools.data import select_frames
+
     held = list(range(every // 2, system.n_frames, every))
     kept = [i for i in range(system.n_frames) if i not in set(held)]
-    return frames(system, kept), frames(system, held)
-
-
-def in_domain_seed(systems, val_fraction: float) -> int:
-    """The first split seed whose validation systems contain only elements that training
-    systems also contain (as OC20's val_id): a model cannot learn an element it never saw."""
-    from ocp_graphpar.tools.data.convert import split_systems
-
-    elements = {s.name: set(s.numbers.tolist()) for s in systems}
-    for seed in range(10_000):
-        train, val = split_systems(list(elements), val_fraction, seed)
-        seen = set().union(*(elements[name] for name in train))
-        if all(elements[name] <= seen for name in val):
-            return seed
-    sys.exit(f"no split of these {len(systems)} systems keeps validation elements in training")
+    return select_frames(system, kept), select_frames(system, held)
 
 
 def build_dataset(source: Path, out: Path, args: argparse.Namespace) -> tuple[dict, str]:
     """S2EF LMDBs ``out/{train,val}``; returns frame counts and a description of the split."""
-    from ocp_graphpar.tools.data import read_trajectories, systems_to_lmdbs
-    from ocp_graphpar.tools.data.convert import fit_linear_reference
+    from ocp_graphpar.tools.data import (
+        fit_linear_reference,
+        in_domain_split_seed,
+        read_trajectories,
+        systems_to_lmdbs,
+        thin_frames,
+    )
 
     systems = [
         thin_frames(s, args.stride)
@@ -73,7 +49,7 @@ def build_dataset(source: Path, out: Path, args: argparse.Namespace) -> tuple[di
         if s.n_atoms <= args.max_atoms
     ]
     if args.split == "systems":
-        seed = in_domain_seed(systems, VAL_FRACTION)
+        seed = in_domain_split_seed(systems, VAL_FRACTION)
         train, val = split_by_system(systems, seed)
         split = (
             f"by system: validation systems {sorted(s.name for s in val)} (split seed {seed}, "
@@ -111,17 +87,26 @@ def split_by_system(systems, seed: int):
 
 
 def train(data: Path, run_dir: Path, args: argparse.Namespace) -> float:
-    command = [
-        str(REPO / ".venv" / "bin" / "fairchem"),
-        "--mode", "train", "--config-yml", "configs/s2ef/gemnet_xl_demo.yml",
-        "--cpu", "--num-gpus", "2", "--gp-gpus", "2", "--run-dir", str(run_dir),
-        "--identifier", "oc20_mini", "--print-every", "10",
-        f"--dataset.train.src={data / 'train' / 's2ef' / 'train'}",
-        f"--dataset.val.src={data / 'val' / 's2ef' / 'train'}",
-        f"--optim.max_epochs={args.epochs}", f"--optim.eval_every={args.eval_every}",
-    ]  # fmt: skip
+    """Train through the fairchem CLI (output streamed; Ctrl-C stops every rank)."""
+    from ocp_graphpar.tools.demo.launcher import fairchem_command, run_streamed
+
+    command = fairchem_command(
+        "train",
+        "configs/s2ef/gemnet_xl_demo.yml",
+        run_dir,
+        ranks=2,
+        gp_ranks=2,
+        print_every=10,
+        overrides=[
+            "--identifier=oc20_mini",
+            f"--dataset.train.src={data / 'train' / 's2ef' / 'train'}",
+            f"--dataset.val.src={data / 'val' / 's2ef' / 'train'}",
+            f"--optim.max_epochs={args.epochs}",
+            f"--optim.eval_every={args.eval_every}",
+        ],
+    )
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True)  # streams fairchem's progress
+    run_streamed(command, cwd=REPO)
     return time.perf_counter() - started
 
 

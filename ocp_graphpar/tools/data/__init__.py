@@ -65,6 +65,7 @@ from ocp_graphpar.tools.data.convert import (
     SplitSummary,
     assign_sids,
     fit_linear_reference,
+    in_domain_split_seed,
     split_systems,
     systems_to_lmdbs,
     trajectories_to_lmdbs,
@@ -77,7 +78,9 @@ from ocp_graphpar.tools.data.samples import (
     derive_oc20_tags,
     is2rs_sample,
     s2ef_sample,
+    select_frames,
     system_from_frames,
+    thin_frames,
 )
 
 __all__ = [
@@ -88,15 +91,18 @@ __all__ = [
     "assign_sids",
     "derive_oc20_tags",
     "fit_linear_reference",
+    "in_domain_split_seed",
     "is2rs_sample",
     "make_demo_dataset",
     "read_trajectories",
     "relax_demo_systems",
     "s2ef_sample",
+    "select_frames",
     "split_systems",
     "staged_output",
     "system_from_frames",
     "systems_to_lmdbs",
+    "thin_frames",
     "trajectories_to_lmdbs",
     "write_lmdb",
 ]

@@ -73,6 +73,25 @@ def split_systems(
     return train, val
 
 
+def in_domain_split_seed(
+    systems: Sequence[System], val_fraction: float = 0.2, max_tries: int = 10_000
+) -> int:
+    """The first split seed whose validation systems contain only elements that the training
+    systems also contain (as OC20's in-domain split): a model cannot learn an element it never
+    saw, so such a validation set would measure nothing but that."""
+    elements = {s.name: set(s.numbers.tolist()) for s in systems}
+    for seed in range(max_tries):
+        train, val = split_systems(list(elements), val_fraction, seed)
+        seen = set().union(*(elements[name] for name in train))
+        if all(elements[name] <= seen for name in val):
+            return seed
+    raise UserFacingError(
+        f"no split of these {len(systems)} systems keeps every validation element in training "
+        f"(tried {max_tries} seeds). Add systems that share their elements, or lower the "
+        "validation fraction."
+    )
+
+
 def assign_sids(names: Sequence[str]) -> dict[str, int]:
     """Integer system ids: the first run of digits in each name (``random1000100`` -> 1000100).
 

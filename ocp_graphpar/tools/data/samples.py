@@ -9,7 +9,7 @@ field list is documented in :mod:`ocp_graphpar.tools.data`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,6 +53,28 @@ class System:
     @property
     def n_frames(self) -> int:
         return int(self.energies.shape[0])
+
+
+def select_frames(system: System, keep: Sequence[int]) -> System:
+    """``system`` restricted to the frames ``keep`` (in the given order)."""
+    keep = list(keep)
+    return replace(
+        system,
+        positions=system.positions[keep],
+        cells=system.cells[keep],
+        energies=system.energies[keep],
+        forces=system.forces[keep],
+    )
+
+
+def thin_frames(system: System, stride: int) -> System:
+    """Every ``stride``-th frame of a relaxation, with the first and the last (relaxed) frame
+    always kept: consecutive relaxation steps are nearly identical, so thinning trades little
+    information for proportionally shorter epochs, and IS2RS still gets both endpoints."""
+    if stride < 1:
+        raise UserFacingError(f"a frame stride must be 1 or more, got {stride}.")
+    last = system.n_frames - 1
+    return select_frames(system, sorted(set(range(0, system.n_frames, stride)) | {last}))
 
 
 def fixed_mask(atoms: Atoms) -> np.ndarray:
