@@ -51,18 +51,20 @@ def measure_contender(
     repeats: int = 3,
     device: str = "cpu",
 ) -> dict:
-    """Bytes and calls per collective kind, activation peak, load and step times on this rank."""
+    """Bytes and calls per collective kind, activation peak, load and step times on this rank.
+
+    The first step is counted (collectives, and memory with gradients already allocated); the
+    ``repeats`` after it are timed.
+    """
     device = torch.device(device)
     model = build_contender(name, family, model_config).to(device)
     model.train()
     batch = batch.to(device)
     with running(name):
-        with count_wire_bytes() as wire:
+        _allocate_gradients(model)
+        with count_wire_bytes() as wire, step_activation_peak(device) as peak:
             training_step(model, batch)
         partition = getattr(model, "last_forward", {}).get("partition")
-        _allocate_gradients(model)
-        with step_activation_peak(device) as peak:
-            training_step(model, batch)
         times, cpu_times = [], []
         for _ in range(repeats):
             _barrier()
