@@ -177,21 +177,33 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _as_in_a_terminal() -> None:
+    """The demo as a terminal's foreground job: its own process group, Ctrl-C not ignored
+    (a background runner, e.g. ``cmd &`` in a script, would pass SIGINT on as ignored)."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_during_training(out: Path, log: Path) -> subprocess.CompletedProcess:
     """Start the demo, press Ctrl-C (SIGINT) once training has written a checkpoint."""
     paths = DemoPaths(out)
     with open(log, "w") as stream:
         process = subprocess.Popen(
             _demo_command(out), cwd=REPO, stdout=stream, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=_as_in_a_terminal,
         )  # fmt: skip
-        deadline = time.monotonic() + 600
-        while not paths.checkpoint.is_file():
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
-            time.sleep(0.2)
-        process.send_signal(signal.SIGINT)
-        returncode = process.wait(timeout=120)
+        try:
+            deadline = time.monotonic() + 900
+            while not paths.checkpoint.is_file():
+                assert process.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint after 15 minutes"
+                time.sleep(0.2)
+            process.send_signal(signal.SIGINT)
+            returncode = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:  # stop it the way that also stops its fairchem ranks
+                process.terminate()
+                process.wait(timeout=60)
     return subprocess.CompletedProcess(process.args, returncode, log.read_text())
 
 
