@@ -12,7 +12,7 @@ from oc20 import require_oc20_mini
 
 from ocp_graphpar.cli import main
 from ocp_graphpar.tools.bench.memory import LiveTensorBytes
-from ocp_graphpar.tools.bench.report import organise, per_rank_max, total
+from ocp_graphpar.tools.bench.report import floors, organise, per_rank_max, total
 
 
 def test_live_tensor_bytes_counts_storages_once_and_releases_them():
@@ -49,6 +49,7 @@ def small_suite(tmp_path_factory):
                 "systems": [str(mini / "random1000100.traj"), str(mini / "random1000120.traj")],
                 "contenders": ["ours", "gp_gemnet_t", "gemnet_t"],
                 "floors": True,
+                "paired_timing": ["ours", "gemnet_t"],
             }
         ],
     }
@@ -83,6 +84,8 @@ def test_bench_measures_what_the_design_promises(small_suite):
     assert two < 0.75 * one
     loads = [rank["load"] for rank in runs["ours", 2]["per_rank"]]
     assert sum(load["atoms"] for load in loads) == entry["info"]["atoms"] == 71
+    assert set(entry["paired"]["step_s"]) == {"ours", "gemnet_t"}
+    assert len(floors(entry)) == 5  # bytes, activations, step time and CPU time (two ways)
     state = entry["state"]
     # AdamW's two moments and AMSGrad's maximum for every trained parameter (the scale
     # factors are parameters that are not trained)

@@ -92,6 +92,27 @@ def measure_contender(
     }
 
 
+def paired_step_times(names: list[str], family: str, model_config: dict, batch, rounds: int = 2):
+    """Step times of several contenders in one process, alternating step by step after one
+    warm-up step each, so that whatever else loads the machine loads them alike."""
+    models = {name: build_contender(name, family, model_config).train() for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds + 1):
+        for name, model in models.items():
+            with running(name):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                training_step(model, batch)
+            if round_:  # the first round warms up
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - cpu_start)
+    return {
+        "step_s": {name: statistics.median(times) for name, times in wall.items()},
+        "cpu_s": {name: statistics.median(times) for name, times in cpu.items()},
+        "step_s_all": wall,
+    }
+
+
 def _load(partition) -> dict | None:
     if partition is None:
         return None

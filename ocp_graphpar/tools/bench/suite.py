@@ -31,6 +31,8 @@ class Workload:
     description: str = ""
     floors: bool = False
     overrides: dict = field(default_factory=dict)
+    repeats: int | None = None  # timed steps per run (default: the suite's)
+    paired_timing: list[str] = field(default_factory=list)  # timed alternately at P = 1
 
     def model_config(self) -> dict:
         """The config's ``model`` section, run on the edges the batch carries."""
@@ -134,7 +136,11 @@ def _atoms_of(item):
 def run_suite(suite: Suite) -> list[dict]:
     """Every run of the suite; one dict per (size, workload, contender)."""
     from ocp_graphpar.parallel.testing import GlooWorld
-    from ocp_graphpar.tools.bench.measure import measure_contender, model_state_bytes
+    from ocp_graphpar.tools.bench.measure import (
+        measure_contender,
+        model_state_bytes,
+        paired_step_times,
+    )
 
     prepared = [(w, w.model_config()) for w in suite.workloads]
     batches = {
@@ -142,8 +148,10 @@ def run_suite(suite: Suite) -> list[dict]:
         for w, cfg in prepared
     }
     tasks = [(p, w, cfg, c) for p in suite.sizes for w, cfg in prepared for c in w.runs_at(p)]
+    paired = [(w, cfg) for w, cfg in prepared if w.paired_timing]
     results = []
-    progress = tqdm(total=len(tasks) + len(prepared), desc="bench", unit="run")
+    total_runs = len(tasks) + len(prepared) + len(paired)
+    progress = tqdm(total=total_runs, desc="bench", unit="run")
     cores = os.cpu_count() or 1
     for size in suite.sizes:
         threads = max(1, cores // size)
@@ -153,6 +161,17 @@ def run_suite(suite: Suite) -> list[dict]:
                     progress.set_postfix_str(f"{workload.name} model state")
                     state = world.run(model_state_bytes, "ours", workload.family, config)[0]
                     results.append({"kind": "state", "workload": workload.name, **state})
+                    progress.update()
+                for workload, config in paired:
+                    progress.set_postfix_str(f"{workload.name} paired timing")
+                    times = world.run(
+                        paired_step_times,
+                        workload.paired_timing,
+                        workload.family,
+                        config,
+                        batches[workload.name],
+                    )[0]
+                    results.append({"kind": "paired", "workload": workload.name, **times})
                     progress.update()
             for p, workload, config, contender in tasks:
                 if p != size:
@@ -164,7 +183,7 @@ def run_suite(suite: Suite) -> list[dict]:
                     workload.family,
                     config,
                     batches[workload.name],
-                    repeats=suite.repeats,
+                    repeats=workload.repeats or suite.repeats,
                 )
                 results.append(_run_record(size, threads, workload, contender, per_rank))
                 progress.update()
