@@ -255,8 +255,10 @@ def test_rerun_skips_finished_stages_and_resumes_training(interrupted_then_resum
     curves = read_learning_curves(paths.train)
     steps, _ = curves["train/loss"]
     np.testing.assert_array_equal(steps, np.arange(1, total + 1))  # no step lost or repeated
+    # fairchem checkpoints before it validates, so a validation cut short by the Ctrl-C is skipped.
     evaluated = curves["val/forces_mae"][0].tolist()
-    assert evaluated == list(range(schedule["eval_every"], total + 1, schedule["eval_every"]))
+    assert set(evaluated) <= set(range(schedule["eval_every"], total + 1, schedule["eval_every"]))
+    assert evaluated[-1] == total
 
 
 @pytest.mark.slow
@@ -274,7 +276,7 @@ def test_outputs_validate_and_summary_has_numbers(interrupted_then_resumed):
     final = s2ef["final_model_all_val_frames"]  # from the predictions; the last validation
     assert final["forces_mae"] == pytest.approx(s2ef["val_forces_mae_last"], rel=1e-4)
     assert final["energy_mae"] == pytest.approx(s2ef["val_energy_mae_last"], rel=1e-4)
-    assert 0 <= summary["is2rs"]["is2rs_average_distance_within_threshold"] <= 1
+    assert 0 <= summary["is2rs"]["is2rs_positions_average_distance_within_threshold"] <= 1
     step = summary["graph_parallel_step"]
     assert step["comm_bytes_total"] > 0 and len(step["per_rank"]) == 2
     for rank in step["per_rank"]:

@@ -260,8 +260,9 @@ def train(options: DemoOptions, paths: DemoPaths, data: dict, resume: bool) -> d
         f"{schedule.checkpoint_every}"
     )
     checkpoint = paths.checkpoint if resume and paths.checkpoint.is_file() else None
+    resumed_from = checkpoint_step(checkpoint) if checkpoint is not None else None
     if checkpoint is not None:
-        print(f"resuming from {checkpoint} (step {checkpoint_step(checkpoint)})")
+        print(f"resuming from {checkpoint} (step {resumed_from})")
     else:
         if resume:
             print("the interrupted run left no checkpoint: training from the start")
@@ -288,7 +289,7 @@ def train(options: DemoOptions, paths: DemoPaths, data: dict, resume: bool) -> d
     return {
         "run_dir": paths.relative(paths.train),
         "checkpoint": paths.relative(paths.checkpoint),
-        "resumed_from_step": checkpoint_step(checkpoint) if checkpoint else None,
+        "resumed_from_step": resumed_from,
         "val_frames_in_training": min(data["val_frames"], VAL_SAMPLE_FRAMES),
         "schedule": asdict(schedule),
         "command": " ".join(command[1:]),

@@ -15,7 +15,7 @@ from ocp_graphpar.tools.demo.options import GP_RANKS, RANKS, S2EF_CONFIG, DemoPa
 from ocp_graphpar.tools.demo.state import write_atomic, write_json_atomic
 
 _IS2RS_LABELS = {
-    "is2rs_average_distance_within_threshold": "ADwT, average distance within threshold",
+    "is2rs_positions_average_distance_within_threshold": "ADwT, average distance within threshold",
     "is2rs_positions_mae": "relaxed positions MAE (Å)",
     "is2rs_positions_mse": "relaxed positions MSE (Å²)",
     "is2re_energy_mae": "relaxed energy MAE (eV)",
