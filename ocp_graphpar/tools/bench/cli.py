@@ -9,11 +9,11 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from ocp_graphpar.tools.bench.report import floors, organise, plot_all, render_markdown
 from ocp_graphpar.tools.bench.suite import load_suite, run_suite
+from ocp_graphpar.tools.demo.state import write_atomic
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -31,10 +31,10 @@ def run_bench(args: argparse.Namespace) -> int:
         suite = load_suite(args.suite).select(args.only)
         results = run_suite(suite)
         document = _merge(previous, results, args) if args.only else _document(results, args)
-        _write_atomic(results_path, json.dumps(document, indent=1))
+        write_atomic(results_path, json.dumps(document, indent=1))
     plots = plot_all(document["results"], args.out / "benchmarks")
     markdown = render_markdown(document["results"], document["environment"], plots)
-    _write_atomic(args.out / "benchmarks.md", markdown)
+    write_atomic(args.out / "benchmarks.md", markdown)
     print(f"wrote {args.out / 'benchmarks.md'}, {results_path} and {len(plots)} plots")
     for name, entry in organise(document["results"]).items():
         for what, value, floor, holds in floors(entry) if entry["info"].get("floors") else []:
@@ -65,15 +65,6 @@ def _merge(previous: dict | None, results: list[dict], args: argparse.Namespace)
     rerun = {record["workload"] for record in results}
     kept = [record for record in previous["results"] if record["workload"] not in rerun]
     return {"environment": previous["environment"], "results": kept + results}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def add_bench_commands(subparsers: argparse._SubParsersAction) -> None:
