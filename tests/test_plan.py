@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dimenet_cases import TINY as DIMENET_TINY
 from fairchem.core.common.utils import load_config
 from oc20 import require_oc20_mini
 
@@ -28,20 +29,8 @@ def demo_gemnet() -> dict:
 
 # DimeNet++ at widths between the tests' tiny model and the demo (a small sympy basis, so the
 # models build in a second).
-DIMENET = dict(
-    hidden_channels=48,
-    out_emb_channels=40,
-    int_emb_size=16,
-    basis_emb_size=6,
-    num_blocks=2,
-    num_spherical=3,
-    num_radial=4,
-    cutoff=6.0,
-    num_before_skip=1,
-    num_after_skip=1,
-    num_output_layers=2,
-    otf_graph=False,
-)
+DIMENET = {**DIMENET_TINY, "hidden_channels": 48, "out_emb_channels": 40, "int_emb_size": 16,
+           "basis_emb_size": 6}  # fmt: skip
 CONFIGS = {"gemnet": demo_gemnet, "dimenet": lambda: dict(DIMENET)}
 
 
