@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from oc20 import require_oc20_mini
 from ocp_graphpar.cli import main
 from ocp_graphpar.tools.bench.memory import LiveTensorBytes
 from ocp_graphpar.tools.bench.report import floors, organise, per_rank_max, total
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_live_tensor_bytes_counts_storages_once_and_releases_them():
@@ -102,3 +105,21 @@ def test_bench_report_only_rerenders_and_unknown_workloads_are_named(small_suite
     assert (small_suite / "benchmarks.md").exists()
     assert main(["bench", "--out", str(small_suite), "--only", "nope"]) == 2
     assert "no workload named ['nope']" in capsys.readouterr().err
+
+
+def test_the_shipped_suite_names_real_configs_and_contenders():
+    from fairchem.core.common.registry import registry
+    from fairchem.core.common.utils import load_config
+
+    import ocp_graphpar  # noqa: F401  (registers the short model names)
+    from ocp_graphpar.tools.bench.suite import load_suite
+
+    suite = load_suite(REPO / "configs" / "bench" / "default.yml")
+    assert suite.sizes == [1, 2, 4]
+    assert [w.name for w in suite.workloads if w.floors] == ["gemnet_xl"]
+    for workload in suite.workloads:
+        name = load_config(str(REPO / workload.config))[0]["model"]["name"]
+        model = registry.get_model_class(name).__name__
+        assert {"GemNetXL": "gemnet", "DimeNetPPXL": "dimenet"}[model] == workload.family
+        assert set(workload.paired_timing) <= set(workload.contenders)
+        assert all(s.startswith("../shared/data/oc20_mini/") for s in workload.systems)
