@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ocp_graphpar.atomic import atomic_writer
 from ocp_graphpar.errors import UserFacingError
 
 _APPLIED = "_ocp_graphpar_fixed"
@@ -48,27 +48,9 @@ def atomic_save_checkpoint(
 ) -> str:
     """fairchem's ``save_checkpoint``, written atomically: the old file or the new, never half."""
     filename = os.path.join(checkpoint_dir, checkpoint_file)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=checkpoint_dir, prefix=f".{checkpoint_file}.", suffix=".partial"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; keep torch.save's mode
-        os.replace(temporary, filename)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_writer(filename, suffix=".partial") as stream:
+        torch.save(state, stream)
     return filename
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ocp_graphpar.atomic import fingerprint, write_atomic
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.demo import DemoOptions, DemoPaths, command_line
 from ocp_graphpar.tools.demo.pipeline import StageRunner
 from ocp_graphpar.tools.demo.splits import deal_by_system, leaderboard_file
 from ocp_graphpar.tools.demo.stages import training_schedule
-from ocp_graphpar.tools.demo.state import StageState, fingerprint, write_atomic
+from ocp_graphpar.tools.demo.state import StageState
 
 REPO = Path(__file__).resolve().parents[1]
 #: A tiny demo: 2 training systems (4 steps an epoch), 4 validation systems (one per split).

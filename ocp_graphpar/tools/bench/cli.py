@@ -11,9 +11,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from ocp_graphpar.atomic import write_atomic
 from ocp_graphpar.tools.bench.report import floors, organise, plot_all, render_markdown
 from ocp_graphpar.tools.bench.suite import load_suite, run_suite
-from ocp_graphpar.tools.demo.state import write_atomic
 
 
 def run_bench(args: argparse.Namespace) -> int:

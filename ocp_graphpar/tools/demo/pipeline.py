@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ocp_graphpar.atomic import fingerprint
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.demo import stages
 from ocp_graphpar.tools.demo.options import DemoOptions, DemoPaths, command_line
-from ocp_graphpar.tools.demo.state import STATE_DIR, StageState, fingerprint
+from ocp_graphpar.tools.demo.state import STATE_DIR, StageState
 
 STAGES = {
     "data": "dataset",

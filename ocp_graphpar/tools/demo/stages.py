@@ -13,6 +13,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ocp_graphpar.atomic import fingerprint
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.demo.launcher import fairchem_command, run_streamed
 from ocp_graphpar.tools.demo.options import (
@@ -24,7 +25,7 @@ from ocp_graphpar.tools.demo.options import (
     DemoOptions,
     DemoPaths,
 )
-from ocp_graphpar.tools.demo.state import file_identity, fingerprint
+from ocp_graphpar.tools.demo.state import file_identity
 from ocp_graphpar.tools.export import SPLITS
 
 #: A leaderboard file needs one system per OC20 test split, and training needs one more.

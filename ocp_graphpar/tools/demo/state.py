@@ -13,54 +13,17 @@ from the records alone and data flows one way.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ocp_graphpar.atomic import fingerprint, write_json_atomic
+
 STATE_DIR = ".demo"
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``: readers see
-    the old file or the complete new one, never a prefix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(raw)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide it from other users
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, content: Any) -> Path:
-    """:func:`write_atomic` of ``content`` as indented JSON."""
-    return write_atomic(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
-
-
-def fingerprint(inputs: Mapping[str, Any]) -> str:
-    """A short stable hash of JSON-serialisable ``inputs`` (key order does not matter)."""
-    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ocp_graphpar.atomic import write_atomic, write_json_atomic
 from ocp_graphpar.tools.demo.options import GP_RANKS, RANKS, S2EF_CONFIG, DemoPaths
-from ocp_graphpar.tools.demo.state import write_atomic, write_json_atomic
 
 _IS2RS_LABELS = {
     "is2rs_positions_average_distance_within_threshold": "ADwT, average distance within threshold",
