@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -12,6 +14,9 @@ from gemnet_cases import TINY
 from oc20 import require_oc20_mini
 
 from ocp_graphpar.cli import main
+from ocp_graphpar.tools.bench import suite as bench_suite
+from ocp_graphpar.tools.bench.cli import JOURNAL_NAME
+from ocp_graphpar.tools.bench.journal import Journal
 from ocp_graphpar.tools.bench.memory import LiveTensorBytes
 from ocp_graphpar.tools.bench.report import floors, organise, per_rank_max, total
 
@@ -53,28 +58,73 @@ def small_suite(tmp_path_factory):
                 "contenders": ["ours", "gp_gemnet_t", "gemnet_t"],
                 "floors": True,
                 "paired_timing": ["ours", "gemnet_t"],
+                "paired_rounds": 1,
             }
         ],
     }
     (folder / "suite.yml").write_text(yaml.safe_dump(suite))
     out = folder / "docs"
-    assert main(["bench", "--suite", str(folder / "suite.yml"), "--out", str(out)]) == 0
-    return out
+    command = ["bench", "--suite", str(folder / "suite.yml"), "--out", str(out)]
+    # Ctrl-C after three records, then a plain re-run, which must make only the rest.
+    before, after = _made_jobs(command, interrupt_after=3), _made_jobs(command)
+    return SimpleNamespace(out=out, before=before, after=after)
+
+
+def _made_jobs(command: list[str], interrupt_after: int | None = None) -> list[str]:
+    made, make = [], bench_suite._Job.make
+
+    def counted(job, world, threads):
+        if len(made) == interrupt_after:
+            raise KeyboardInterrupt
+        made.append(job.label)
+        return make(job, world, threads)
+
+    with mock.patch.object(bench_suite._Job, "make", counted):
+        if interrupt_after is None:
+            assert main(command) == 0
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                main(command)
+    return made
+
+
+def test_an_interrupted_bench_resumes_where_it_stopped(small_suite):
+    assert len(small_suite.before) == 3
+    assert not set(small_suite.before) & set(small_suite.after)  # nothing measured twice
+    # model state, paired timing, 3 runs at P = 1, 2 at P = 2, the planner check
+    assert len(small_suite.before) + len(small_suite.after) == 8
+    assert not (small_suite.out / "benchmarks" / JOURNAL_NAME).exists()  # done: discarded
+
+
+def test_journal_drops_a_torn_record_and_stale_definitions(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    journal = Journal(path)
+    journal.add(("run", "w", "ours", 2), "abc", {"kind": "run"})
+    journal.add(("state", "w"), "abc", {"kind": "state"})
+    with open(path, "a") as stream:
+        stream.write('{"key": ["plan", 0], "finger')  # killed mid-write
+    reopened = Journal(path)
+    assert reopened.get(("run", "w", "ours", 2), "abc") == {"kind": "run"}
+    assert reopened.get(("run", "w", "ours", 2), "changed") is None  # suite edited since
+    reopened.add(("plan", 0), "abc", {"kind": "plan"})
+    assert Journal(path).get(("plan", 0), "abc") == {"kind": "plan"}
+    assert Journal(path, resume=False).get(("state", "w"), "abc") is None
+    assert not path.exists()
 
 
 def test_bench_writes_the_report_tables_and_plots(small_suite):
-    markdown = (small_suite / "benchmarks.md").read_text()
+    markdown = (small_suite.out / "benchmarks.md").read_text()
     for label in ("ocp-graphpar", "upstream gp_gemnet_t", "upstream gemnet_t"):
         assert f"| {label} |" in markdown
     assert "AdamW + AMSGrad state" in markdown and "Triplet imbalance" in markdown
     for plot in ("bytes_vs_p", "memory_vs_p", "step_time_vs_p", "load_balance"):
-        png = small_suite / "benchmarks" / f"{plot}.png"
+        png = small_suite.out / "benchmarks" / f"{plot}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"benchmarks/{plot}.png" in markdown
 
 
 def test_bench_measures_what_the_design_promises(small_suite):
-    document = json.loads((small_suite / "benchmarks" / "results.json").read_text())
+    document = json.loads((small_suite.out / "benchmarks" / "results.json").read_text())
     entry = organise(document["results"])["tiny"]
     runs = entry["runs"]
     assert set(runs) == {("ours", 1), ("gp_gemnet_t", 1), ("gemnet_t", 1), ("ours", 2),
@@ -88,8 +138,14 @@ def test_bench_measures_what_the_design_promises(small_suite):
     loads = [rank["load"] for rank in runs["ours", 2]["per_rank"]]
     assert sum(load["atoms"] for load in loads) == entry["info"]["atoms"] == 71
     assert set(entry["paired"]["step_s"]) == {"ours", "gemnet_t"}
+    assert len(entry["paired"]["ratio"]["cpu"]) == 1  # one timed round (paired_rounds)
+    # at P = 1 ours does upstream's matrix products, no more (FLOPs are counted, not timed)
+    flops = {c: total(runs[c, 1], "flops") for c in ("ours", "gemnet_t", "gp_gemnet_t")}
+    assert flops["ours"] == flops["gemnet_t"] > 0
+    assert total(runs["ours", 2], "flops") == pytest.approx(flops["ours"], rel=0.02)
     # sizes 1 and 2 decide the step-time floors only (the others are at P = 4)
     assert [check[0] for check in floors(entry)] == [
+        "matmul FLOPs per step at P=1, ours / gemnet_t",
         "step time at P=1, ours / gemnet_t (alternating)",
         "step CPU time at P=1, ours / gemnet_t (alternating)",
     ]
@@ -100,10 +156,10 @@ def test_bench_measures_what_the_design_promises(small_suite):
 
 
 def test_bench_report_only_rerenders_and_unknown_workloads_are_named(small_suite, capsys):
-    (small_suite / "benchmarks.md").unlink()
-    assert main(["bench", "--out", str(small_suite), "--report-only"]) == 0
-    assert (small_suite / "benchmarks.md").exists()
-    assert main(["bench", "--out", str(small_suite), "--only", "nope"]) == 2
+    (small_suite.out / "benchmarks.md").unlink()
+    assert main(["bench", "--out", str(small_suite.out), "--report-only"]) == 0
+    assert (small_suite.out / "benchmarks.md").exists()
+    assert main(["bench", "--out", str(small_suite.out), "--only", "nope"]) == 2
     assert "no workload named ['nope']" in capsys.readouterr().err
 
 

@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 from ocp_graphpar.atomic import write_atomic
+from ocp_graphpar.tools.bench.journal import Journal
 from ocp_graphpar.tools.bench.report import floors, organise, plot_all, render_markdown
 from ocp_graphpar.tools.bench.suite import load_suite, run_suite
+
+JOURNAL_NAME = "finished_runs.jsonl"  # runs of an unfinished `bench`, reused when it re-runs
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -29,9 +32,11 @@ def run_bench(args: argparse.Namespace) -> int:
         document = previous
     else:
         suite = load_suite(args.suite).select(args.only)
-        results = run_suite(suite)
+        journal = Journal(args.out / "benchmarks" / JOURNAL_NAME, resume=not args.restart)
+        results = run_suite(suite, journal)
         document = _merge(previous, results, args) if args.only else _document(results, args)
         write_atomic(results_path, json.dumps(document, indent=1))
+        journal.discard()
     plots = plot_all(document["results"], args.out / "benchmarks")
     markdown = render_markdown(document["results"], document["environment"], plots)
     write_atomic(args.out / "benchmarks.md", markdown)
@@ -78,5 +83,10 @@ def add_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--only", nargs="+", metavar="WORKLOAD", help="re-run these workloads")
     parser.add_argument(
         "--report-only", action="store_true", help="re-render from the saved results"
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="measure everything again, ignoring the runs an interrupted bench finished",
     )
     parser.set_defaults(handler=run_bench)

@@ -20,18 +20,28 @@ Key = tuple
 
 
 class Journal:
-    """Records by key, read from ``path`` if it exists; :meth:`add` appends durably."""
+    """Records by key, read from ``path`` if it exists; :meth:`add` appends durably.
 
-    def __init__(self, path: str | os.PathLike, *, resume: bool = True) -> None:
-        self.path = Path(path)
+    With ``path=None`` the journal lives in memory only.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, *, resume: bool = True) -> None:
+        self.path = Path(path) if path is not None else None
         self._records: dict[Key, tuple[str, dict]] = {}
+        if self.path is None:
+            return
         if not resume:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
             self._read()
 
     def _read(self) -> None:
-        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+        text = self.path.read_text()
+        if text and not text.endswith("\n"):  # a torn last line: drop it before appending
+            text = text[: text.rfind("\n") + 1]
+            self.path.write_text(text)
+            log.warning("%s: dropped an incomplete last record (interrupted write)", self.path)
+        for number, line in enumerate(text.splitlines(), 1):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
@@ -51,6 +61,8 @@ class Journal:
 
     def add(self, key: Key, fingerprint: str, record: dict) -> dict:
         self._records[tuple(key)] = (fingerprint, record)
+        if self.path is None:
+            return record
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"key": list(key), "fingerprint": fingerprint, "record": record})
         with open(self.path, "a") as stream:
@@ -61,4 +73,5 @@ class Journal:
 
     def discard(self) -> None:
         """Forget the file, once its records are saved in the final results."""
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.utils.flop_counter import FlopCounterMode
 
 from ocp_graphpar.parallel.groups import gp_rank
 from ocp_graphpar.tools.bench.contenders import build_contender, running
@@ -62,7 +63,11 @@ def measure_contender(
     batch = batch.to(device)
     with running(name):
         _allocate_gradients(model)
-        with count_wire_bytes() as wire, step_activation_peak(device) as peak:
+        with (
+            count_wire_bytes() as wire,
+            step_activation_peak(device) as peak,
+            FlopCounterMode(display=False) as flops,
+        ):
             training_step(model, batch)
         partition = getattr(model, "last_forward", {}).get("partition")
         times, cpu_times = [], []
@@ -84,6 +89,8 @@ def measure_contender(
             "activations": peak["peak"],
         },
         "load": _load(partition),
+        # matrix-multiply FLOPs of the step on this rank: the work, free of timing noise
+        "flops": flops.get_total_flops(),
         "step_s": statistics.median(times) if times else None,
         "step_s_all": times,
         # CPU seconds of this process's threads: unlike wall time, not inflated by other
@@ -94,22 +101,33 @@ def measure_contender(
 
 def paired_step_times(names: list[str], family: str, model_config: dict, batch, rounds: int = 2):
     """Step times of several contenders in one process, alternating step by step after one
-    warm-up step each, so that whatever else loads the machine loads them alike."""
+    warm-up step each, so that whatever else loads the machine loads them alike.
+
+    Rounds alternate the order (A B, B A, ...), so neither contender always runs first (on a
+    warm cache, or right after the other's memory was freed). ``ratio`` holds, per round, the
+    first contender's time over the second's: its spread shows how far the median is to trust.
+    """
     models = {name: build_contender(name, family, model_config).train() for name in names}
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds + 1):
-        for name, model in models.items():
+        for name in names if round_ % 2 else names[::-1]:
             with running(name):
                 start, cpu_start = time.perf_counter(), time.process_time()
-                training_step(model, batch)
+                training_step(models[name], batch)
             if round_:  # the first round warms up
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - cpu_start)
+    first, second = names[:2]
     return {
         "step_s": {name: statistics.median(times) for name, times in wall.items()},
         "cpu_s": {name: statistics.median(times) for name, times in cpu.items()},
         "step_s_all": wall,
+        "cpu_s_all": cpu,
+        "ratio": {
+            "wall": [a / b for a, b in zip(wall[first], wall[second])],
+            "cpu": [a / b for a, b in zip(cpu[first], cpu[second])],
+        },
     }
 
 

@@ -65,6 +65,10 @@ def floors(entry: dict) -> list[tuple[str, float, float, bool]]:
             runs["ours", 1], "memory", "activations"
         )
         checks.append(("per-rank activations, P=4 / P=1", ratio, ACTIVATION_RATIO_FLOOR))
+    if all("flops" in runs.get((c, 1), {"per_rank": [{}]})["per_rank"][0]
+           for c in ("ours", "gemnet_t")):  # fmt: skip
+        ratio = total(runs["ours", 1], "flops") / total(runs["gemnet_t", 1], "flops")
+        checks.append(("matmul FLOPs per step at P=1, ours / gemnet_t", ratio, STEP_TIME_FLOOR))
     paired = entry.get("paired")
     if paired and {"ours", "gemnet_t"} <= set(paired["step_s"]):
         for key, what in (("step_s", "step time"), ("cpu_s", "step CPU time")):
@@ -177,8 +181,9 @@ def _floor_table(checks) -> list[str]:
 def _run_table(runs: dict) -> list[str]:
     lines = [
         "| Model | P | Bytes/step per rank | Bytes/step, all ranks | Calls | "
-        "Activations per rank | Step time (s) | CPU time (s) | Threads/rank |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Activations per rank | Matmul GFLOP per rank | Step time (s) | CPU time (s) "
+        "| Threads/rank |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (contender, size), run in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         lines.append(
@@ -187,16 +192,22 @@ def _run_table(runs: dict) -> list[str]:
             f"| {total(run, 'comm', 'bytes') / MIB:,.2f} MiB "
             f"| {int(per_rank_max(run, 'comm', 'calls'))} "
             f"| {per_rank_max(run, 'memory', 'activations') / MIB:,.0f} MiB "
-            f"| {per_rank_max(run, 'step_s'):.2f} | {per_rank_max(run, 'cpu_s'):.2f} "
+            f"| {_gflops(run)} | {per_rank_max(run, 'step_s'):.2f} | {per_rank_max(run, 'cpu_s'):.2f} "
             f"| {run['threads_per_rank']} |"
         )
     return [*lines, ""]
 
 
+def _gflops(run: dict) -> str:
+    flops = [rank.get("flops") for rank in run["per_rank"]]
+    return "n/a" if None in flops else f"{max(flops) / 1e9:,.1f}"
+
+
 def _paired_table(paired: dict) -> list[str]:
     lines = [
         "Step times at P=1 measured alternately in one process (a warm-up step each, then "
-        "step by step in turn), so that other load on the machine falls on both alike:",
+        "step by step in turn, the order swapped every round), so that other load on the "
+        "machine falls on both alike:",
         "",
         "| Model | Step time (s) | CPU time (s) | Each step (s) |",
         "|---|---:|---:|---|",
@@ -206,6 +217,16 @@ def _paired_table(paired: dict) -> list[str]:
         lines.append(
             f"| {CONTENDERS[name].label} | {seconds:.2f} | {paired['cpu_s'][name]:.2f} | {each} |"
         )
+    if "ratio" in paired:
+        first, second = (CONTENDERS[name].label for name in list(paired["step_s"])[:2])
+        lines += [
+            "",
+            f"Per round, {first} / {second}: wall "
+            + ", ".join(f"{r:.3f}" for r in paired["ratio"]["wall"])
+            + "; CPU "
+            + ", ".join(f"{r:.3f}" for r in paired["ratio"]["cpu"])
+            + ".",
+        ]
     return [*lines, ""]
 
 

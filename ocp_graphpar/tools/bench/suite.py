@@ -7,16 +7,24 @@ dict per run, per-rank lists inside), kept in a JSON file that the report render
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import yaml
 from tqdm import tqdm
 
+from ocp_graphpar.atomic import fingerprint
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.parallel.testing import GlooWorld
 from ocp_graphpar.tools.bench.contenders import CONTENDERS
+from ocp_graphpar.tools.bench.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ class Workload:
     overrides: dict = field(default_factory=dict)
     repeats: int | None = None  # timed steps per run (default: the suite's)
     paired_timing: list[str] = field(default_factory=list)  # timed alternately at P = 1
+    paired_rounds: int = 3  # timed steps of each paired contender
 
     def model_config(self) -> dict:
         """The config's ``model`` section, run on the edges the batch carries."""
@@ -133,67 +142,125 @@ def _atoms_of(item):
     return atoms
 
 
-def run_suite(suite: Suite) -> list[dict]:
-    """Every run of the suite; one dict per (size, workload, contender)."""
-    from ocp_graphpar.parallel.testing import GlooWorld
+def run_suite(suite: Suite, journal: Journal | None = None) -> list[dict]:
+    """Every record of the suite: one per workload, model state, paired timing, (size,
+    workload, contender) run, planner check and plan.
+
+    Each record is added to ``journal`` as it is made, and records the journal already holds
+    for the same definitions are reused, so an interrupted suite picks up where it stopped.
+    """
+    journal = journal or Journal(None)
+    prepared = [(w, w.model_config()) for w in suite.workloads]
+    batches = {
+        w.name: load_batch(w.systems, float(cfg["cutoff"]), int(cfg.get("max_neighbors", 50)))
+        for w, cfg in prepared
+    }
+    jobs = _jobs(suite, prepared, batches)
+    records = [_workload_record(w, batches[w.name]) for w in suite.workloads]
+    progress = tqdm(total=len(jobs), desc="bench", unit="run")
+    pending = []
+    for job in jobs:
+        done = journal.get(job.key, job.fingerprint)
+        if done is None:
+            pending.append(job)
+        else:
+            records.append(done)
+            progress.update()
+    for size, group in itertools.groupby(pending, key=lambda job: job.size):
+        threads = max(1, (os.cpu_count() or 1) // (size or 1))
+        world = GlooWorld(size, threads_per_rank=threads, timeout_s=7200.0) if size else None
+        with world or contextlib.nullcontext():
+            for job in group:
+                progress.set_postfix_str(job.label)
+                record = job.make(world, threads)
+                records.append(journal.add(job.key, job.fingerprint, record))
+                progress.update()
+                if record["kind"] == "run":
+                    log.info("%s: %s", job.label, _brief(record))
+    progress.close()
+    return records
+
+
+@dataclass
+class _Job:
+    """One record to make: ``fn(*args, **kwargs)`` on every rank of a world of ``size`` ranks
+    (``size`` 0: once, in this process), then ``record(results, threads_per_rank)``."""
+
+    size: int
+    key: tuple
+    fingerprint: str
+    label: str
+    fn: Callable
+    args: tuple
+    record: Callable[[Any, int], dict]
+    kwargs: dict = field(default_factory=dict)
+
+    def make(self, world: GlooWorld | None, threads: int) -> dict:
+        if world is None:
+            return self.record(self.fn(*self.args, **self.kwargs), threads)
+        return self.record(world.run(self.fn, *self.args, **self.kwargs), threads)
+
+
+def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
+    """The suite's records in the order they are made: P = 1 first (model state and paired
+    timing there too), then each larger world, then the planner (no world)."""
     from ocp_graphpar.tools.bench.measure import (
         measure_contender,
         model_state_bytes,
         paired_step_times,
     )
 
-    prepared = [(w, w.model_config()) for w in suite.workloads]
-    batches = {
-        w.name: load_batch(w.systems, float(cfg["cutoff"]), int(cfg.get("max_neighbors", 50)))
-        for w, cfg in prepared
-    }
-    tasks = [(p, w, cfg, c) for p in suite.sizes for w, cfg in prepared for c in w.runs_at(p)]
-    paired = [(w, cfg) for w, cfg in prepared if w.paired_timing]
-    results = []
-    total_runs = len(tasks) + len(prepared) + len(paired)
-    progress = tqdm(total=total_runs, desc="bench", unit="run")
-    cores = os.cpu_count() or 1
+    jobs = []
     for size in suite.sizes:
-        threads = max(1, cores // size)
-        with GlooWorld(size, threads_per_rank=threads, timeout_s=7200.0) as world:
+        for workload, config in prepared:
+            name, batch, defined = (
+                workload.name,
+                batches[workload.name],
+                _definition(workload, suite),
+            )
             if size == 1:
-                for workload, config in prepared:
-                    progress.set_postfix_str(f"{workload.name} model state")
-                    state = world.run(model_state_bytes, "ours", workload.family, config)[0]
-                    results.append({"kind": "state", "workload": workload.name, **state})
-                    progress.update()
-                for workload, config in paired:
-                    progress.set_postfix_str(f"{workload.name} paired timing")
-                    times = world.run(
-                        paired_step_times,
-                        workload.paired_timing,
-                        workload.family,
-                        config,
-                        batches[workload.name],
-                    )[0]
-                    results.append({"kind": "paired", "workload": workload.name, **times})
-                    progress.update()
-            for p, workload, config, contender in tasks:
-                if p != size:
-                    continue
-                progress.set_postfix_str(f"P={size} {workload.name} {contender}")
-                per_rank = world.run(
-                    measure_contender,
-                    contender,
-                    workload.family,
-                    config,
-                    batches[workload.name],
-                    repeats=workload.repeats or suite.repeats,
-                )
-                results.append(_run_record(size, threads, workload, contender, per_rank))
-                progress.update()
-                log.info("P=%d %s %s: %s", size, workload.name, contender, _brief(results[-1]))
-    progress.close()
-    checks = [_plan_check(w, cfg, batches[w.name], suite.sizes) for w, cfg in prepared]
-    plans = [_plan(spec) for spec in tqdm(suite.plans, desc="plans", unit="plan")]
-    return (
-        [_workload_record(w, batches[w.name]) for w in suite.workloads] + results + checks + plans
-    )
+                jobs.append(_Job(1, ("state", name), defined, f"{name} model state",
+                                 model_state_bytes, ("ours", workload.family, config),
+                                 partial(_first_rank_record, "state", name)))  # fmt: skip
+            if size == 1 and workload.paired_timing:
+                jobs.append(_Job(1, ("paired", name), defined, f"{name} paired timing",
+                                 paired_step_times,
+                                 (workload.paired_timing, workload.family, config, batch),
+                                 partial(_first_rank_record, "paired", name),
+                                 {"rounds": workload.paired_rounds}))  # fmt: skip
+            for contender in workload.runs_at(size):
+                jobs.append(_Job(size, ("run", name, contender, size), defined,
+                                 f"P={size} {name} {contender}", measure_contender,
+                                 (contender, workload.family, config, batch),
+                                 partial(_run_record, size, workload, contender),
+                                 {"repeats": workload.repeats or suite.repeats}))  # fmt: skip
+    for workload, config in prepared:
+        name = workload.name
+        jobs.append(_Job(0, ("plan_check", name), _definition(workload, suite),
+                         f"{name} planner check", _plan_check,
+                         (workload, config, batches[name], suite.sizes), _as_is))  # fmt: skip
+    for index, spec in enumerate(suite.plans):
+        jobs.append(_Job(0, ("plan", index), fingerprint({"plan": spec}), f"plan {index}",
+                         _plan, (spec,), _as_is))  # fmt: skip
+    return jobs
+
+
+def _first_rank_record(kind: str, workload: str, per_rank: list[dict], _threads: int) -> dict:
+    return {"kind": kind, "workload": workload, **per_rank[0]}
+
+
+def _as_is(record: dict, _threads: int) -> dict:
+    return record
+
+
+def _definition(workload: Workload, suite: Suite) -> str:
+    """What a workload's records depend on: its definition, its config file and the sizes."""
+    return fingerprint({
+        "workload": asdict(workload),
+        "config": Path(workload.config).read_text(),
+        "sizes": suite.sizes,
+        "repeats": suite.repeats,
+    })  # fmt: skip
 
 
 def _plan_check(workload: Workload, config: dict, batch, sizes: list[int]) -> dict:
@@ -221,7 +288,9 @@ def _plan(spec: dict) -> dict:
     return {"kind": "plan", "workload": "", **plan_memory(spec.pop("config"), graph, **spec)}
 
 
-def _run_record(size: int, threads: int, workload: Workload, contender: str, per_rank) -> dict:
+def _run_record(
+    size: int, workload: Workload, contender: str, per_rank: list[dict], threads: int
+) -> dict:
     return {
         "kind": "run",
         "workload": workload.name,
