@@ -24,7 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_live_tensor_bytes_counts_storages_once_and_releases_them():
+    weight = torch.ones(100, 100, requires_grad=True)  # a parameter: allocated before
+    weight.grad = torch.zeros_like(weight)
     with LiveTensorBytes() as tracker:
+        transposed = weight.t()  # views and in-place updates of prior storages are not new
+        weight.grad.add_(transposed.detach())
+        assert tracker.live == 0
+        del transposed
         a = torch.ones(1000)  # 4000 bytes
         view = a[:10]  # shares a's storage
         b = a * 2  # 4000 more

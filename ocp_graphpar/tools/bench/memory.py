@@ -37,9 +37,21 @@ class LiveTensorBytes(TorchDispatchMode):
         self._storages: dict[int, tuple[weakref.ref, int, tuple[int, ...], int]] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # An output sharing an input's storage (a view, an in-place or out= op) allocated
+        # nothing; counting it would count a parameter or a prior gradient as new memory.
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
         for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.device.type != "meta"
+                and tensor.untyped_storage().data_ptr() not in inputs
+            ):
                 self._track(tensor)
         return out
 
