@@ -8,6 +8,8 @@ contender and every P; their state is measured once (:func:`model_state_bytes`).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 
@@ -100,24 +102,33 @@ def measure_contender(
 
 
 def paired_step_times(names: list[str], family: str, model_config: dict, batch, rounds: int = 2):
-    """Step times of several contenders in one process, alternating step by step after one
-    warm-up step each, so that whatever else loads the machine loads them alike.
+    """Step times of several contenders, each resident in its own process (as in training, so
+    no model shares an allocator or a cache with another), stepping in turn: one warm-up step
+    each, then ``rounds`` rounds of one timed step each, whatever else loads the machine
+    falls on all of them alike.
 
-    Rounds alternate the order (A B, B A, ...), so neither contender always runs first (on a
-    warm cache, or right after the other's memory was freed). ``ratio`` holds, per round, the
-    first contender's time over the second's: its spread shows how far the median is to trust.
+    Rounds alternate the order (A B, B A, ...), so neither contender always runs first.
+    ``ratio`` holds, per round, the first contender's time over the second's: its spread shows
+    how far the median is to trust.
     """
-    models = {name: build_contender(name, family, model_config).train() for name in names}
+    from ocp_graphpar.parallel.testing import GlooWorld
+
+    threads = os.cpu_count() or 1
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(rounds + 1):
-        for name in names if round_ % 2 else names[::-1]:
-            with running(name):
-                start, cpu_start = time.perf_counter(), time.process_time()
-                training_step(models[name], batch)
-            if round_:  # the first round warms up
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - cpu_start)
+    with contextlib.ExitStack() as stack:
+        worlds = {
+            name: stack.enter_context(GlooWorld(1, threads_per_rank=threads, timeout_s=7200.0))
+            for name in names
+        }
+        for round_ in range(rounds + 1):
+            for name in names if round_ % 2 else names[::-1]:
+                seconds, cpu_seconds = worlds[name].run(
+                    resident_step, name, family, model_config, batch
+                )[0]
+                if round_:  # the first round builds the models and warms up
+                    wall[name].append(seconds)
+                    cpu[name].append(cpu_seconds)
     first, second = names[:2]
     return {
         "step_s": {name: statistics.median(times) for name, times in wall.items()},
@@ -129,6 +140,22 @@ def paired_step_times(names: list[str], family: str, model_config: dict, batch, 
             "cpu": [a / b for a, b in zip(cpu[first], cpu[second])],
         },
     }
+
+
+_RESIDENT: dict[tuple, torch.nn.Module] = {}
+
+
+def resident_step(name: str, family: str, model_config: dict, batch) -> tuple[float, float]:
+    """One timed training step of contender ``name``, built on this process's first call and
+    kept for the next. Returns wall and CPU seconds."""
+    key = (name, family, repr(sorted(model_config.items())))
+    if key not in _RESIDENT:
+        _RESIDENT.clear()
+        _RESIDENT[key] = build_contender(name, family, model_config).train()
+    with running(name):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        training_step(_RESIDENT[key], batch)
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def _load(partition) -> dict | None:

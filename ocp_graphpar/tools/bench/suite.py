@@ -202,15 +202,22 @@ class _Job:
 
 
 def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
-    """The suite's records in the order they are made: P = 1 first (model state and paired
-    timing there too), then each larger world, then the planner (no world)."""
+    """The suite's records in the order they are made: the paired timings (each contender in
+    a process of its own, started by the job), then P = 1 (model state there too), each
+    larger world, and the planner (no world)."""
     from ocp_graphpar.tools.bench.measure import (
         measure_contender,
         model_state_bytes,
         paired_step_times,
     )
 
-    jobs = []
+    jobs = [
+        _Job(0, ("paired", w.name), _definition(w, suite), f"{w.name} paired timing",
+             paired_step_times, (w.paired_timing, w.family, config, batches[w.name]),
+             partial(_tagged, "paired", w.name), {"rounds": w.paired_rounds})
+        for w, config in prepared
+        if w.paired_timing
+    ]  # fmt: skip
     for size in suite.sizes:
         for workload, config in prepared:
             name, batch, defined = (
@@ -222,12 +229,6 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
                 jobs.append(_Job(1, ("state", name), defined, f"{name} model state",
                                  model_state_bytes, ("ours", workload.family, config),
                                  partial(_first_rank_record, "state", name)))  # fmt: skip
-            if size == 1 and workload.paired_timing:
-                jobs.append(_Job(1, ("paired", name), defined, f"{name} paired timing",
-                                 paired_step_times,
-                                 (workload.paired_timing, workload.family, config, batch),
-                                 partial(_first_rank_record, "paired", name),
-                                 {"rounds": workload.paired_rounds}))  # fmt: skip
             for contender in workload.runs_at(size):
                 jobs.append(_Job(size, ("run", name, contender, size), defined,
                                  f"P={size} {name} {contender}", measure_contender,
@@ -240,13 +241,17 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
                          f"{name} planner check", _plan_check,
                          (workload, config, batches[name], suite.sizes), _as_is))  # fmt: skip
     for index, spec in enumerate(suite.plans):
-        jobs.append(_Job(0, ("plan", index), fingerprint({"plan": spec}), f"plan {index}",
+        jobs.append(_Job(0, ("plan", index), fingerprint({"plan": spec, "config": Path(spec["config"]).read_text()}), f"plan {index}",
                          _plan, (spec,), _as_is))  # fmt: skip
     return jobs
 
 
 def _first_rank_record(kind: str, workload: str, per_rank: list[dict], _threads: int) -> dict:
-    return {"kind": kind, "workload": workload, **per_rank[0]}
+    return _tagged(kind, workload, per_rank[0], _threads)
+
+
+def _tagged(kind: str, workload: str, result: dict, _threads: int) -> dict:
+    return {"kind": kind, "workload": workload, **result}
 
 
 def _as_is(record: dict, _threads: int) -> dict:
