@@ -8,7 +8,6 @@ contender and every P; their state is measured once (:func:`model_state_bytes`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
@@ -101,34 +100,32 @@ def measure_contender(
     }
 
 
-def paired_step_times(names: list[str], family: str, model_config: dict, batch, rounds: int = 2):
-    """Step times of several contenders, each resident in its own process (as in training, so
-    no model shares an allocator or a cache with another), stepping in turn: one warm-up step
-    each, then ``rounds`` rounds of one timed step each, whatever else loads the machine
-    falls on all of them alike.
+def paired_step_times(
+    names: list[str], family: str, model_config: dict, batch, rounds: int = 2, steps: int = 2
+):
+    """Step times of several contenders measured in alternating blocks (A B, B A, ...).
 
-    Rounds alternate the order (A B, B A, ...), so neither contender always runs first.
-    ``ratio`` holds, per round, the first contender's time over the second's: its spread shows
-    how far the median is to trust.
+    Each block is a fresh process that builds one contender, takes a warm-up step and then
+    ``steps`` timed steps: one model per process and a warm heap, as in training, and only
+    one model in memory at a time (two XL models do not fit a small machine together).
+    Alternating blocks let drift in the machine's speed fall on every contender alike.
+    ``ratio`` holds, per round, the first contender's median over the second's: its spread
+    shows how far the overall median is to trust.
     """
     from ocp_graphpar.parallel.testing import GlooWorld
 
-    threads = os.cpu_count() or 1
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
-    with contextlib.ExitStack() as stack:
-        worlds = {
-            name: stack.enter_context(GlooWorld(1, threads_per_rank=threads, timeout_s=7200.0))
-            for name in names
-        }
-        for round_ in range(rounds + 1):
-            for name in names if round_ % 2 else names[::-1]:
-                seconds, cpu_seconds = worlds[name].run(
-                    resident_step, name, family, model_config, batch
-                )[0]
-                if round_:  # the first round builds the models and warms up
-                    wall[name].append(seconds)
-                    cpu[name].append(cpu_seconds)
+    per_round: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            with GlooWorld(1, threads_per_rank=os.cpu_count() or 1, timeout_s=7200.0) as world:
+                times = world.run(timed_steps, name, family, model_config, batch, steps)[0]
+            wall[name] += [t for t, _ in times]
+            cpu[name] += [c for _, c in times]
+            per_round[name].append(
+                (statistics.median(t for t, _ in times), statistics.median(c for _, c in times))
+            )
     first, second = names[:2]
     return {
         "step_s": {name: statistics.median(times) for name, times in wall.items()},
@@ -136,26 +133,24 @@ def paired_step_times(names: list[str], family: str, model_config: dict, batch, 
         "step_s_all": wall,
         "cpu_s_all": cpu,
         "ratio": {
-            "wall": [a / b for a, b in zip(wall[first], wall[second])],
-            "cpu": [a / b for a, b in zip(cpu[first], cpu[second])],
+            kind: [a[i] / b[i] for a, b in zip(per_round[first], per_round[second])]
+            for i, kind in enumerate(("wall", "cpu"))
         },
     }
 
 
-_RESIDENT: dict[tuple, torch.nn.Module] = {}
-
-
-def resident_step(name: str, family: str, model_config: dict, batch) -> tuple[float, float]:
-    """One timed training step of contender ``name``, built on this process's first call and
-    kept for the next. Returns wall and CPU seconds."""
-    key = (name, family, repr(sorted(model_config.items())))
-    if key not in _RESIDENT:
-        _RESIDENT.clear()
-        _RESIDENT[key] = build_contender(name, family, model_config).train()
+def timed_steps(name: str, family: str, model_config: dict, batch, steps: int):
+    """Build contender ``name``, take a warm-up step, then ``steps`` timed steps:
+    ``[(wall_s, cpu_s), ...]``."""
+    model = build_contender(name, family, model_config).train()
+    times = []
     with running(name):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        training_step(_RESIDENT[key], batch)
-        return time.perf_counter() - start, time.process_time() - cpu_start
+        for step in range(steps + 1):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            training_step(model, batch)
+            if step:
+                times.append((time.perf_counter() - start, time.process_time() - cpu_start))
+    return times
 
 
 def _load(partition) -> dict | None:

@@ -41,7 +41,7 @@ class Workload:
     overrides: dict = field(default_factory=dict)
     repeats: int | None = None  # timed steps per run (default: the suite's)
     paired_timing: list[str] = field(default_factory=list)  # timed alternately at P = 1
-    paired_rounds: int = 3  # timed steps of each paired contender
+    paired_rounds: int = 2  # alternating blocks per paired contender (2 timed steps each)
 
     def model_config(self) -> dict:
         """The config's ``model`` section, run on the edges the batch carries."""
@@ -212,7 +212,7 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
     )
 
     jobs = [
-        _Job(0, ("paired", w.name), _definition(w, suite), f"{w.name} paired timing",
+        _Job(0, ("paired", w.name), _definition(w, suite, paired=True), f"{w.name} paired timing",
              paired_step_times, (w.paired_timing, w.family, config, batches[w.name]),
              partial(_tagged, "paired", w.name), {"rounds": w.paired_rounds})
         for w, config in prepared
@@ -258,14 +258,17 @@ def _as_is(record: dict, _threads: int) -> dict:
     return record
 
 
-def _definition(workload: Workload, suite: Suite) -> str:
-    """What a workload's records depend on: its definition, its config file and the sizes."""
-    return fingerprint({
-        "workload": asdict(workload),
-        "config": Path(workload.config).read_text(),
-        "sizes": suite.sizes,
-        "repeats": suite.repeats,
-    })  # fmt: skip
+def _definition(workload: Workload, suite: Suite, paired: bool = False) -> str:
+    """What a workload's records depend on: its definition (the paired-timing fields only for
+    the paired record), its config file, the sizes and the default repeats."""
+    spec = asdict(workload)
+    for key in ("description", "floors", "contenders", "paired_timing", "paired_rounds"):
+        if not (paired and key.startswith("paired")):
+            spec.pop(key)
+    return fingerprint(
+        {"workload": spec, "config": Path(workload.config).read_text(),
+         "sizes": suite.sizes, "repeats": suite.repeats}
+    )  # fmt: skip
 
 
 def _plan_check(workload: Workload, config: dict, batch, sizes: list[int]) -> dict:
