@@ -205,9 +205,10 @@ def _gflops(run: dict) -> str:
 
 def _paired_table(paired: dict) -> list[str]:
     lines = [
-        "Step times at P=1 measured alternately in one process (a warm-up step each, then "
-        "step by step in turn, the order swapped every round), so that other load on the "
-        "machine falls on both alike:",
+        "Step times at P=1 in alternating blocks (A B, B A, ...): each block a fresh process "
+        "that builds one model, takes a warm-up step and then two timed steps, so each model "
+        "runs alone with a warm heap, as in training, and drift in the machine's speed falls "
+        "on both alike:",
         "",
         "| Model | Step time (s) | CPU time (s) | Each step (s) |",
         "|---|---:|---:|---|",
@@ -221,7 +222,7 @@ def _paired_table(paired: dict) -> list[str]:
         first, second = (CONTENDERS[name].label for name in list(paired["step_s"])[:2])
         lines += [
             "",
-            f"Per round, {first} / {second}: wall "
+            f"Per round (median of its block), {first} / {second}: wall "
             + ", ".join(f"{r:.3f}" for r in paired["ratio"]["wall"])
             + "; CPU "
             + ", ".join(f"{r:.3f}" for r in paired["ratio"]["cpu"])
