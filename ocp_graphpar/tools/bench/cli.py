@@ -36,7 +36,8 @@ def run_bench(args: argparse.Namespace) -> int:
         results = run_suite(suite, journal)
         document = _merge(previous, results, args) if args.only else _document(results, args)
         write_atomic(results_path, json.dumps(document, indent=1))
-        journal.discard()
+        if not args.only:  # a partial run leaves the other workloads' finished runs
+            journal.discard()
     plots = plot_all(document["results"], args.out / "benchmarks")
     markdown = render_markdown(document["results"], document["environment"], plots)
     write_atomic(args.out / "benchmarks.md", markdown)
@@ -67,7 +68,9 @@ def _merge(previous: dict | None, results: list[dict], args: argparse.Namespace)
     """Replace the re-run workloads' records and keep the others."""
     if previous is None:
         return _document(results, args)
-    rerun = {record["workload"] for record in results}
+    rerun = {record["workload"] for record in results if record["kind"] != "plan"}
+    if any(record["kind"] == "plan" for record in results):
+        rerun.add("")  # plan records carry no workload
     kept = [record for record in previous["results"] if record["workload"] not in rerun]
     return {"environment": previous["environment"], "results": kept + results}
 
@@ -80,7 +83,12 @@ def add_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--suite", type=Path, default=Path("configs/bench/default.yml"))
     parser.add_argument("--out", type=Path, default=Path("docs"), help="report folder")
-    parser.add_argument("--only", nargs="+", metavar="WORKLOAD", help="re-run these workloads")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="WORKLOAD",
+        help="re-run these workloads (`plans`: the memory plans)",
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="re-render from the saved results"
     )

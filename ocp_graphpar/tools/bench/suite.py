@@ -28,6 +28,8 @@ from ocp_graphpar.tools.bench.journal import Journal
 
 log = logging.getLogger(__name__)
 
+PLANS = "plans"  # `--only plans` re-runs the suite's memory plans
+
 
 @dataclass
 class Workload:
@@ -63,14 +65,15 @@ class Suite:
     plans: list[dict] = field(default_factory=list)  # ``ocp-graphpar plan`` arguments
 
     def select(self, names: list[str] | None) -> Suite:
+        """The workloads named (and the memory plans if ``plans`` is named)."""
         if not names:
             return self
-        unknown = set(names) - {w.name for w in self.workloads}
+        unknown = set(names) - {w.name for w in self.workloads} - {PLANS}
         if unknown:
-            known = ", ".join(w.name for w in self.workloads)
+            known = ", ".join([w.name for w in self.workloads] + [PLANS])
             raise UserFacingError(f"no workload named {sorted(unknown)} (the suite has: {known})")
         chosen = [w for w in self.workloads if w.name in names]
-        return Suite(chosen, self.sizes, self.repeats, plans=[])
+        return Suite(chosen, self.sizes, self.repeats, self.plans if PLANS in names else [])
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
