@@ -185,3 +185,27 @@ def test_the_shipped_suite_names_real_configs_and_contenders():
         assert {"GemNetXL": "gemnet", "DimeNetPPXL": "dimenet"}[model] == workload.family
         assert set(workload.paired_timing) <= set(workload.contenders)
         assert all(s.startswith("../shared/data/oc20_mini/") for s in workload.systems)
+
+
+def test_a_run_whose_rank_dies_is_reported_and_the_suite_goes_on(monkeypatch):
+    """A rank killed mid-run (the out-of-memory killer, say) fails that run only: the next job
+    gets a fresh world, and the report names the run and how its rank ended."""
+    import os
+
+    from ocp_graphpar.tools.bench.report import render_markdown
+
+    def job(key, fn, args, record):
+        return bench_suite._Job(2, key, "f", " ".join(map(str, key)), fn, args, record)
+
+    probe = {"kind": "workload", "description": "d", "config": "c", "atoms": 1, "edges": 0,
+             "systems": []}  # fmt: skip
+    dies = job(("run", "tiny", "ours", 2), os._exit, (3,), None)
+    answers = job(("probe", "tiny"), os.getpid, (), lambda pids, _: {**probe, "pids": pids})
+    monkeypatch.setattr(bench_suite, "_jobs", lambda *_: [dies, answers])
+    failed, after = bench_suite.run_suite(bench_suite.Suite([], [2], 1))
+    assert failed["kind"] == "failed" and failed["contender"] == "ours" and failed["size"] == 2
+    assert "exited with code 3" in failed["reason"]
+    assert len(set(after["pids"])) == 2  # a fresh world of two live ranks answered
+    markdown = render_markdown([after | {"workload": "tiny"}, failed], {"command": "c",
+                               "machine": "m"}, {})  # fmt: skip
+    assert "* ocp-graphpar at P = 2: rank" in markdown

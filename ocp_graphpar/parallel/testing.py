@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import signal
 import socket
 import traceback
 from collections.abc import Callable
@@ -23,6 +24,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class RankDied(RuntimeError):
+    """A worker process ended in the middle of a call (killed, or crashed in native code)."""
+
+    def __init__(self, rank: int, exitcode: int | None):
+        self.rank, self.exitcode = rank, exitcode
+        if exitcode is not None and exitcode < 0:
+            how = f"was killed by signal {-exitcode}"
+            if -exitcode == signal.SIGKILL:
+                how += " (on Linux usually the out-of-memory killer: see `dmesg`)"
+        else:
+            how = f"exited with code {exitcode}"
+        super().__init__(f"rank {rank} {how} before answering; the world was stopped")
 
 
 class GlooWorld:
@@ -71,7 +86,10 @@ class GlooWorld:
                     f"ranks {sorted(pending)} gave no answer in {self.timeout_s:.0f} s"
                 )
             for rank in [r for r, conn in pending.items() if conn in ready]:
-                status, payload = pending.pop(rank).recv()
+                try:
+                    status, payload = pending.pop(rank).recv()
+                except EOFError:
+                    raise self._died(rank) from None
                 if status != "ok":
                     # The other ranks may be blocked in a collective the failed rank never
                     # reached: stop the world rather than wait for them.
@@ -79,6 +97,14 @@ class GlooWorld:
                     raise RuntimeError(f"a worker rank failed:\n{payload}")
                 results[rank] = payload
         return [results[rank] for rank in range(self.world_size)]
+
+    def _died(self, rank: int) -> RankDied:
+        """Stop the world after ``rank``'s process ended without answering."""
+        proc = self._procs[rank]
+        proc.join(timeout=5)
+        code = proc.exitcode
+        self.close(force=True)
+        return RankDied(rank, code)
 
     @property
     def alive(self) -> bool:

@@ -46,6 +46,8 @@ def organise(results: list[dict]) -> dict:
             entry["paired"] = record
         elif record["kind"] == "plan_check":
             entry["plan_check"] = record["estimates"]
+        elif record["kind"] == "failed":
+            entry.setdefault("failed", []).append(record)
         else:
             entry["runs"][record["contender"], record["size"]] = record
     return dict(table)
@@ -120,6 +122,7 @@ def _workload_section(name: str, entry: dict) -> list[str]:
     if info.get("floors"):
         lines += _floor_table(floors(entry))
     lines += _run_table(runs)
+    lines += _failed_list(entry.get("failed", []))
     if "paired" in entry:
         lines += _paired_table(entry["paired"])
     if "state" in entry:
@@ -195,6 +198,18 @@ def _run_table(runs: dict) -> list[str]:
             f"| {_gflops(run)} | {per_rank_max(run, 'step_s'):.2f} | {per_rank_max(run, 'cpu_s'):.2f} "
             f"| {run['threads_per_rank']} |"
         )
+    return [*lines, ""]
+
+
+def _failed_list(failed: list[dict]) -> list[str]:
+    if not failed:
+        return []
+    lines = ["Did not finish on this machine (not measured; the tables leave them out):", ""]
+    for record in failed:
+        what = record["of"]
+        if what == "run":
+            what = f"{CONTENDERS[record['contender']].label} at P = {record['size']}"
+        lines.append(f"* {what}: {record['reason']}.")
     return [*lines, ""]
 
 

@@ -7,7 +7,6 @@ dict per run, per-rank lists inside), kept in a JSON file that the report render
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from ocp_graphpar.atomic import fingerprint
 from ocp_graphpar.errors import UserFacingError
-from ocp_graphpar.parallel.testing import GlooWorld
+from ocp_graphpar.parallel.testing import GlooWorld, RankDied
 from ocp_graphpar.tools.bench.contenders import CONTENDERS
 from ocp_graphpar.tools.bench.journal import Journal
 
@@ -171,17 +170,37 @@ def run_suite(suite: Suite, journal: Journal | None = None) -> list[dict]:
             progress.update()
     for size, group in itertools.groupby(pending, key=lambda job: job.size):
         threads = max(1, (os.cpu_count() or 1) // (size or 1))
-        world = GlooWorld(size, threads_per_rank=threads, timeout_s=7200.0) if size else None
-        with world or contextlib.nullcontext():
+        world = None
+        try:
             for job in group:
                 progress.set_postfix_str(job.label)
-                record = job.make(world, threads)
-                records.append(journal.add(job.key, job.fingerprint, record))
+                if size and world is None:
+                    world = GlooWorld(size, threads_per_rank=threads, timeout_s=7200.0)
+                try:
+                    record = journal.add(job.key, job.fingerprint, job.make(world, threads))
+                except RankDied as died:
+                    # Not journaled: a resumed suite tries again. The dead world is stopped;
+                    # the next job starts a fresh one.
+                    world, record = None, _failed_record(job.key, str(died))
+                    log.warning("%s did not finish: %s", job.label, died)
+                records.append(record)
                 progress.update()
                 if record["kind"] == "run":
                     log.info("%s: %s", job.label, _brief(record))
+        finally:
+            if world is not None:
+                world.close()
     progress.close()
     return records
+
+
+def _failed_record(key: tuple, reason: str) -> dict:
+    """What the report says of a job whose world died (a rank killed, out of memory)."""
+    kind, workload, *rest = key
+    record = {"kind": "failed", "of": kind, "workload": workload, "reason": reason}
+    if kind == "run":
+        record["contender"], record["size"] = rest
+    return record
 
 
 @dataclass
