@@ -322,7 +322,9 @@ def _plot_vs_p(table, path: Path, keys, ylabel: str, log: bool, scale: float = M
     for ax, (name, entry) in zip(axes[0], table.items()):
         by_contender = defaultdict(list)
         for (contender, size), run in sorted(entry["runs"].items(), key=lambda kv: kv[0][1]):
-            by_contender[contender].append((size, per_rank_max(run, *keys) / scale))
+            value = per_rank_max(run, *keys) / scale
+            if value > 0 or not log:  # a log axis leaves out P = 1's zero bytes
+                by_contender[contender].append((size, value))
         for contender, points in by_contender.items():
             sizes, values = zip(*points)
             style = "o-" if len(points) > 1 else "s"
@@ -332,7 +334,7 @@ def _plot_vs_p(table, path: Path, keys, ylabel: str, log: bool, scale: float = M
         ax.set_xticks(sorted({size for _, size in entry["runs"]}))
         ax.set_ylabel(ylabel)
         if log:
-            ax.set_yscale("symlog", linthresh=0.01)
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
