@@ -68,9 +68,7 @@ def _merge(previous: dict | None, results: list[dict], args: argparse.Namespace)
     """Replace the re-run workloads' records and keep the others."""
     if previous is None:
         return _document(results, args)
-    rerun = {record["workload"] for record in results if record["kind"] != "plan"}
-    if any(record["kind"] == "plan" for record in results):
-        rerun.add("")  # plan records carry no workload
+    rerun = {record["workload"] for record in results}  # plans: workload ""
     kept = [record for record in previous["results"] if record["workload"] not in rerun]
     return {"environment": previous["environment"], "results": kept + results}
 
