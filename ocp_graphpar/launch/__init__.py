@@ -5,6 +5,8 @@ runs, so importing the plugin from a config comes too late for those steps. ``ma
 therefore installs a one-line start-up hook (``ocp_graphpar-fairchem.pth``) into the virtual
 environment; in ``fairchem`` processes only, it calls :func:`install_cli_hooks`, which
 
+- keeps only the datasets the ``--mode`` reads and surveys them before any rank starts
+  (:func:`ocp_graphpar.launch.datasets.prepare_datasets`);
 - refuses a ``--gp-gpus`` that does not divide ``--num-gpus`` x ``--num-nodes`` with a clear
   message (upstream asserts deep inside ``setup_gp``, or silently lowers it);
 - with ``--submit --cpu``, asks SLURM for CPU tasks instead of GPUs;

@@ -42,10 +42,16 @@ def install_cli_hooks() -> None:
 
     if getattr(_cli.main, _INSTALLED, False):
         return
+    from ocp_graphpar.launch.datasets import prepare_datasets
     from ocp_graphpar.launch.runner import GraphParallelRunner
 
     upstream_main = _cli.main
     upstream_executor = _cli.AutoExecutor
+    upstream_build_config = _cli.build_config
+
+    @functools.wraps(upstream_build_config)
+    def build_config(*args, **kwargs) -> dict:
+        return prepare_datasets(upstream_build_config(*args, **kwargs))
 
     @functools.wraps(upstream_main)
     def main(args=None, override_args=None):
@@ -53,16 +59,17 @@ def install_cli_hooks() -> None:
             from fairchem.core.common.flags import flags
 
             args, override_args = flags.get_parser().parse_known_args()
+        _cli.AutoExecutor = cpu_executor(upstream_executor) if args.cpu else upstream_executor
         try:
             check_launch(args)
+            return upstream_main(args, override_args)
         except UserFacingError as error:
             print(f"fairchem: error: {error}", file=sys.stderr)
             sys.exit(2)
-        _cli.AutoExecutor = cpu_executor(upstream_executor) if args.cpu else upstream_executor
-        return upstream_main(args, override_args)
 
     setattr(main, _INSTALLED, True)
     _cli.main = main
+    _cli.build_config = build_config
     _cli.Runner = GraphParallelRunner
 
 

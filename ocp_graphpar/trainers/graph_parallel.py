@@ -1,0 +1,86 @@
+"""fairchem's ``OCPTrainer`` with what the paper's recipes need and upstream lacks.
+
+Select it with ``trainer: ocp_graphpar.trainers.GraphParallelTrainer`` (registered as
+``ocp_graphpar`` once the plugin is imported). Everything else is ``OCPTrainer``'s.
+
+- ``model.finetune_config: {starting_checkpoint: PATH}``: a new training run starts from that
+  checkpoint's weights (not its step, optimizer or normaliser state): fairchem's key for
+  fine-tuning, which upstream honours for its Hydra models only. The key is taken out of the
+  model's settings, so checkpoints of the run, predictions and the ASE calculator never look
+  for the starting checkpoint again; a resumed run (``--checkpoint``) keeps its own weights.
+- ``optim.scheduler: EpochExponentialLR`` with ``optim.lr_gamma``: the learning rate times
+  ``lr_gamma`` once per epoch (GemNet-XL-FT: x0.95). fairchem steps its schedulers once per
+  optimizer step, and its own schedulers count in steps, so a per-epoch decay needs the epoch's
+  length, which only the trainer knows once its data loader exists.
+"""
+
+from __future__ import annotations
+
+from fairchem.core.common.registry import registry
+from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
+from fairchem.core.modules.scheduler import LRScheduler
+from fairchem.core.trainers import OCPTrainer
+from torch.optim.lr_scheduler import LambdaLR
+
+from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.trainers.finetune import load_starting_weights
+
+EPOCH_EXPONENTIAL = "EpochExponentialLR"
+
+
+class EpochDecay:
+    """``gamma ** (step // steps_per_epoch)``: a LambdaLR factor (picklable, so it is saved
+    with the scheduler's state and a resumed run continues the schedule)."""
+
+    def __init__(self, gamma: float, steps_per_epoch: int) -> None:
+        self.gamma = gamma
+        self.steps_per_epoch = max(1, steps_per_epoch)
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** (step // self.steps_per_epoch)
+
+
+def epoch_exponential_scheduler(optimizer, *, gamma: float, steps_per_epoch: int) -> LRScheduler:
+    """fairchem's ``LRScheduler`` wrapping a per-step ``LambdaLR`` that decays per epoch."""
+    scheduler = LRScheduler(optimizer, {"scheduler": "Null"})
+    scheduler.scheduler_type = "LambdaLR"
+    scheduler.scheduler = LambdaLR(optimizer, EpochDecay(gamma, steps_per_epoch))
+    return scheduler
+
+
+@registry.register_trainer("ocp_graphpar")
+class GraphParallelTrainer(OCPTrainer):
+    """``OCPTrainer`` plus fine-tuning starts and the ``EpochExponentialLR`` schedule (see the
+    module docstring)."""
+
+    def load_model(self) -> None:
+        self.finetune_config = self.config["model"].pop("finetune_config", None)
+        super().load_model()
+
+    def train(self, disable_eval_tqdm: bool = False) -> None:
+        if self.finetune_config and self.step == 0:
+            load_starting_weights(self._unwrapped_model, self.finetune_config)
+            if self.ema is not None:  # average from the starting weights, not the random init
+                self.ema = ExponentialMovingAverage(self.model.parameters(), self.ema_decay)
+        super().train(disable_eval_tqdm=disable_eval_tqdm)
+
+    def load_extras(self) -> None:
+        optim = self.config["optim"]
+        if optim.get("scheduler") != EPOCH_EXPONENTIAL:
+            super().load_extras()
+            return
+        if "lr_gamma" not in optim:
+            raise UserFacingError(
+                f"optim.scheduler {EPOCH_EXPONENTIAL} needs optim.lr_gamma, the factor per epoch."
+            )
+        self.config["optim"] = {**optim, "scheduler": "Null"}
+        try:
+            super().load_extras()
+        finally:
+            self.config["optim"] = optim
+        if self.train_loader is not None:
+            self.scheduler = epoch_exponential_scheduler(
+                self.optimizer,
+                gamma=float(optim["lr_gamma"]),
+                steps_per_epoch=len(self.train_loader),
+            )

@@ -1,0 +1,97 @@
+"""The paper's recipe configs, built as ``fairchem`` builds them, run inside spawned gloo ranks."""
+
+from __future__ import annotations
+
+import torch
+from trainer_cases import load_repo_config, train_step
+
+from ocp_graphpar.parallel import gp_size
+
+#: Small widths of the two architectures, for configs that are XL-wide.
+SMALL_WIDTHS = {
+    "GemNetXL": {
+        "num_blocks": 2, "emb_size_atom": 16, "emb_size_edge": 32, "emb_size_trip": 8,
+        "emb_size_rbf": 4, "emb_size_cbf": 4, "emb_size_bil_trip": 8, "num_radial": 8,
+        "num_atom": 1, "num_after_skip": 1,
+    },
+    "DimeNetPPXL": {
+        "hidden_channels": 32, "out_emb_channels": 32, "int_emb_size": 16, "basis_emb_size": 4,
+        "num_blocks": 2, "num_radial": 6,
+    },
+}  # fmt: skip
+
+
+def small(config_name: str, overrides: dict) -> dict:
+    """``overrides`` plus small widths for the config's model, and one epoch on one worker."""
+    model = load_repo_config(config_name)["model"]["name"].rsplit(".", 1)[-1]
+    merged = {**overrides}
+    merged["model"] = {**SMALL_WIDTHS[model], **overrides.get("model", {})}
+    merged["optim"] = {"num_workers": 0, "max_epochs": 1, "batch_size": 2, "eval_batch_size": 2,
+                       **overrides.get("optim", {})}  # fmt: skip
+    return merged
+
+
+def build_recipe_trainer(config_name: str, run_dir: str, overrides: dict):
+    """The trainer a config names (``trainer:``), as ``fairchem --mode train`` builds it."""
+    from fairchem.core.common.registry import registry
+
+    torch.set_default_dtype(torch.float32)
+    config = load_repo_config(config_name, small(config_name, overrides))
+    trainer_cls = registry.get_trainer_class(config.get("trainer", "ocp"))
+    return trainer_cls(
+        task=config.get("task", {}),
+        model=config["model"],
+        outputs=config["outputs"],
+        dataset=config["dataset"],
+        optimizer=config["optim"],
+        loss_functions=config["loss_functions"],
+        evaluation_metrics=config["evaluation_metrics"],
+        identifier="recipe",
+        timestamp_id="recipe",
+        local_rank=0,
+        run_dir=run_dir,
+        print_every=1,
+        seed=0,
+        logger="tensorboard",
+        cpu=True,
+        gp_gpus=gp_size(),
+    )
+
+
+def recipe_step(config_name: str, run_dir: str, overrides: dict, relax: bool = False) -> dict:
+    """One training step of a recipe (and a short relaxation of its relax split when
+    ``relax``); returns the loss, the relaxation metrics and a checkpoint's path."""
+    trainer = build_recipe_trainer(config_name, run_dir, overrides)
+    batch = next(iter(trainer.train_loader))
+    loss = train_step(trainer, batch)
+    metrics = trainer.run_relaxations() if relax else None
+    checkpoint = trainer.save(checkpoint_file="checkpoint.pt", training_state=True)
+    return {"loss": loss, "metrics": metrics, "checkpoint": checkpoint}
+
+
+def finetune_epoch(config_name: str, run_dir: str, overrides: dict) -> dict:
+    """A fine-tuning run's first epoch through the trainer's own ``train``: the starting
+    weights (before the first step), the learning rates it stepped with, and its val metrics."""
+    trainer = build_recipe_trainer(config_name, run_dir, overrides)
+    model = trainer._unwrapped_model
+    lrs: list[float] = []
+    starting: dict = {}
+    upstream_forward = trainer._forward
+
+    def forward(batch):
+        if not starting:
+            starting["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            starting["parameters"] = [p.detach().clone() for p in model.parameters()]
+        if trainer.model.training:
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return upstream_forward(batch)
+
+    trainer._forward = forward
+    trainer.train(disable_eval_tqdm=True)
+    return {
+        "starting": starting,
+        "lrs": lrs,
+        "steps_per_epoch": len(trainer.train_loader),
+        "finetune_config": trainer.finetune_config,
+        "saved_model_config": trainer.config["model"],
+    }
