@@ -64,9 +64,34 @@ def recipe_step(config_name: str, run_dir: str, overrides: dict, relax: bool = F
     trainer = build_recipe_trainer(config_name, run_dir, overrides)
     batch = next(iter(trainer.train_loader))
     loss = train_step(trainer, batch)
-    metrics = trainer.run_relaxations() if relax else None
+    metrics = relaxation_metrics(trainer) if relax else None
     checkpoint = trainer.save(checkpoint_file="checkpoint.pt", training_state=True)
-    return {"loss": loss, "metrics": metrics, "checkpoint": checkpoint}
+    # each trainable parameter's names (a shared one has several), in the EMA's order
+    names: dict[int, list[str]] = {}
+    for name, p in trainer._unwrapped_model.named_parameters(remove_duplicate=False):
+        if p.requires_grad:
+            names.setdefault(id(p), []).append(name)
+    return {
+        "loss": loss,
+        "metrics": metrics,
+        "checkpoint": checkpoint,
+        "parameter_names": list(names.values()),
+    }
+
+
+def relaxation_metrics(trainer) -> dict[str, float]:
+    """Run the trainer's relaxations; the metrics it logs (rank 0 holds the logger)."""
+    logged: dict[str, float] = {}
+    if trainer.logger is not None:
+        upstream_log = trainer.logger.log
+
+        def log(update, step=None, split=""):
+            logged.update(update)
+            return upstream_log(update, step=step, split=split)
+
+        trainer.logger.log = log
+    trainer.run_relaxations()
+    return logged
 
 
 def finetune_epoch(config_name: str, run_dir: str, overrides: dict) -> dict:
@@ -80,8 +105,7 @@ def finetune_epoch(config_name: str, run_dir: str, overrides: dict) -> dict:
 
     def forward(batch):
         if not starting:
-            starting["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            starting["parameters"] = [p.detach().clone() for p in model.parameters()]
+            starting.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         if trainer.model.training:
             lrs.append(trainer.optimizer.param_groups[0]["lr"])
         return upstream_forward(batch)
@@ -92,6 +116,9 @@ def finetune_epoch(config_name: str, run_dir: str, overrides: dict) -> dict:
         "starting": starting,
         "lrs": lrs,
         "steps_per_epoch": len(trainer.train_loader),
+        "trainable": [
+            n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad
+        ],
         "finetune_config": trainer.finetune_config,
         "saved_model_config": trainer.config["model"],
     }

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # the layouts are singletons, compared by identity
 class Layout:
     """One way of naming a sample's targets.
 

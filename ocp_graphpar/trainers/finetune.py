@@ -19,19 +19,22 @@ from ocp_graphpar.errors import UserFacingError
 
 _KEYS = {"starting_checkpoint"}
 _DDP_PREFIX = "module."
+#: fairchem's ScaleFactor (a parameter without gradient): in a state dict, not in the EMA.
+_SCALE_FACTOR = "scale_factor"
 
 
 def load_starting_weights(model: nn.Module, finetune_config: dict | None) -> None:
-    """Load ``finetune_config["starting_checkpoint"]``'s weights into ``model``, strictly.
+    """Load ``finetune_config["starting_checkpoint"]``'s weights into ``model``.
 
-    The checkpoint's EMA weights are taken where it has them (those fairchem validates and
-    predicts with), else its ``state_dict``. A checkpoint whose widths differ from the
-    config's is refused with the tensors and the settings that differ.
+    Every tensor of ``model`` must be in the checkpoint with its shape; tensors the model does
+    not have (an S2EF force head when fine-tuning for energies) are left out, and logged. The
+    checkpoint's EMA weights are taken where it has them (those fairchem validates and predicts
+    with), else its ``state_dict``. A checkpoint of other widths is refused, naming the tensors
+    and the checkpoint's settings.
     """
     if not finetune_config:
         return
-    unknown = set(finetune_config) - _KEYS
-    if unknown or "starting_checkpoint" not in finetune_config:
+    if set(finetune_config) != _KEYS:
         raise UserFacingError(
             f"model.finetune_config takes starting_checkpoint only (got {sorted(finetune_config)})."
         )
@@ -42,15 +45,18 @@ def load_starting_weights(model: nn.Module, finetune_config: dict | None) -> Non
             "of a fairchem checkpoint (checkpoint.pt or best_checkpoint.pt)."
         )
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = {
-        _strip_ddp(key): value for key, value in checkpoint.get("state_dict", checkpoint).items()
-    }
+    stored = checkpoint.get("state_dict", checkpoint)
+    state = {_strip_ddp(key): value for key, value in stored.items()}
     _refuse_mismatch(model, state, checkpoint, path)
-    model.load_state_dict(state, strict=True)
-    source = "state_dict"
-    if _apply_ema(model, checkpoint.get("ema")):
-        source = "EMA weights"
-    logging.info(f"fine-tuning from {path} ({source}; training state not loaded)")
+    ema = _ema_by_name(model, state, checkpoint.get("ema"))
+    ours = model.state_dict()
+    model.load_state_dict({key: ema.get(key, state[key]) for key in ours}, strict=True)
+    dropped = sorted(set(state) - set(ours))
+    logging.info(
+        f"fine-tuning from {path}: {'EMA weights' if ema else 'state_dict'}, training state not "
+        f"loaded; {len(dropped)} tensors this model does not have left out"
+        + (f" ({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''})" if dropped else "")
+    )
 
 
 def _strip_ddp(key: str) -> str:
@@ -62,21 +68,18 @@ def _strip_ddp(key: str) -> str:
 def _refuse_mismatch(model: nn.Module, state: dict, checkpoint: dict, path: Path) -> None:
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
-    extra = sorted(set(state) - set(ours))
     shapes = [
         f"{key} {tuple(state[key].shape)} in the checkpoint, {tuple(ours[key].shape)} here"
         for key in ours
         if key in state and state[key].shape != ours[key].shape
     ]
-    if not (missing or extra or shapes):
+    if not (missing or shapes):
         return
     problems = []
     if shapes:
         problems.append(f"{len(shapes)} tensors differ in shape ({'; '.join(shapes[:3])})")
     if missing:
         problems.append(f"{len(missing)} tensors are missing ({', '.join(missing[:3])})")
-    if extra:
-        problems.append(f"{len(extra)} tensors are not in this model ({', '.join(extra[:3])})")
     theirs = (checkpoint.get("config") or {}).get("model") or {}
     settings = {k: v for k, v in theirs.items() if isinstance(v, int) and not isinstance(v, bool)}
     hint = (
@@ -93,15 +96,31 @@ def _refuse_mismatch(model: nn.Module, state: dict, checkpoint: dict, path: Path
     )
 
 
-def _apply_ema(model: nn.Module, ema: dict | None) -> bool:
-    """Copy fairchem's EMA shadow parameters (in ``model.parameters()`` order) into ``model``."""
+def _ema_by_name(model: nn.Module, state: dict, ema: dict | None) -> dict:
+    """fairchem's EMA shadow parameters by state-dict name, or ``{}`` if they cannot be matched.
+
+    The EMA keeps a list in the order of the trained model's parameters: its state dict's
+    order less buffers and scale factors (which the EMA skips: no gradient), with a
+    tensor shared between modules listed once (under each of its names here)."""
     shadow = (ema or {}).get("shadow_params")
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not shadow or len(shadow) != len(parameters):
-        return False
-    if any(s.shape != p.shape for s, p in zip(shadow, parameters)):
-        return False
-    with torch.no_grad():
-        for s, p in zip(shadow, parameters):
-            p.copy_(s)
-    return True
+    if not shadow:
+        return {}
+    buffers = {name for name, _ in model.named_buffers()}
+    aliases: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        if name not in buffers and not name.endswith(_SCALE_FACTOR):
+            key = (
+                tensor.untyped_storage().data_ptr(),
+                tensor.storage_offset(),
+                tuple(tensor.shape),
+            )
+            aliases.setdefault(key, []).append(name)
+    groups = list(aliases.values())
+    if len(groups) != len(shadow) or any(
+        state[g[0]].shape != s.shape for g, s in zip(groups, shadow)
+    ):
+        logging.warning(
+            "the starting checkpoint's EMA does not match its weights; using state_dict"
+        )
+        return {}
+    return {name: tensor for group, tensor in zip(groups, shadow) for name in group}
