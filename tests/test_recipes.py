@@ -138,8 +138,11 @@ def test_upstream_gemnet_t_checkpoint_starts_gemnet_xl(tmp_path):
     load_starting_weights(ours, {"starting_checkpoint": str(path)})
     for key, value in upstream.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
-    wider = GemNetXL(**(config | {"emb_size_edge": 48}))
+    wider = config | {"emb_size_edge": 48}
     with pytest.raises(UserFacingError) as error:
-        load_starting_weights(wider, {"starting_checkpoint": str(path)})
+        load_starting_weights(
+            GemNetXL(**wider), {"starting_checkpoint": str(path)}, model_config=wider
+        )
     message = str(error.value)
-    assert "differ in shape" in message and "emb_size_edge: 32" in message
+    assert "tensors differ in shape" in message
+    assert "emb_size_edge is 32 in the checkpoint, 48 in this config." in message

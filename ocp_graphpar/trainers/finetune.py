@@ -23,14 +23,16 @@ _DDP_PREFIX = "module."
 _SCALE_FACTOR = "scale_factor"
 
 
-def load_starting_weights(model: nn.Module, finetune_config: dict | None) -> None:
+def load_starting_weights(
+    model: nn.Module, finetune_config: dict | None, *, model_config: dict | None = None
+) -> None:
     """Load ``finetune_config["starting_checkpoint"]``'s weights into ``model``.
 
     Every tensor of ``model`` must be in the checkpoint with its shape; tensors the model does
     not have (an S2EF force head when fine-tuning for energies) are left out, and logged. The
     checkpoint's EMA weights are taken where it has them (those fairchem validates and predicts
     with), else its ``state_dict``. A checkpoint of other widths is refused, naming the tensors
-    and the checkpoint's settings.
+    and the checkpoint's settings (those that differ from ``model_config``, where given).
     """
     if not finetune_config:
         return
@@ -47,7 +49,7 @@ def load_starting_weights(model: nn.Module, finetune_config: dict | None) -> Non
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     stored = checkpoint.get("state_dict", checkpoint)
     state = {_strip_ddp(key): value for key, value in stored.items()}
-    _refuse_mismatch(model, state, checkpoint, path)
+    _refuse_mismatch(model, state, checkpoint, path, model_config or {})
     ema = _ema_by_name(model, state, checkpoint.get("ema"))
     ours = model.state_dict()
     model.load_state_dict({key: ema.get(key, state[key]) for key in ours}, strict=True)
@@ -65,7 +67,9 @@ def _strip_ddp(key: str) -> str:
     return key
 
 
-def _refuse_mismatch(model: nn.Module, state: dict, checkpoint: dict, path: Path) -> None:
+def _refuse_mismatch(
+    model: nn.Module, state: dict, checkpoint: dict, path: Path, model_config: dict
+) -> None:
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
     shapes = [
@@ -82,13 +86,21 @@ def _refuse_mismatch(model: nn.Module, state: dict, checkpoint: dict, path: Path
         problems.append(f"{len(missing)} tensors are missing ({', '.join(missing[:3])})")
     theirs = (checkpoint.get("config") or {}).get("model") or {}
     settings = {k: v for k, v in theirs.items() if isinstance(v, int) and not isinstance(v, bool)}
-    hint = (
-        f" The checkpoint was trained with {theirs.get('name', 'its model')} and "
-        + ", ".join(f"{k}: {v}" for k, v in sorted(settings.items()))
-        + "."
-        if settings
-        else ""
-    )
+    differ = {k: v for k, v in settings.items() if k in model_config and model_config[k] != v}
+    if differ:
+        hint = (
+            " "
+            + "; ".join(
+                f"{k} is {v} in the checkpoint, {model_config[k]} in this config"
+                for k, v in sorted(differ.items())
+            )
+            + "."
+        )
+    elif settings:
+        listed = ", ".join(f"{k}: {v}" for k, v in sorted(settings.items()))
+        hint = f" The checkpoint was trained with {theirs.get('name', 'its model')} and {listed}."
+    else:
+        hint = ""
     raise UserFacingError(
         f"model.finetune_config.starting_checkpoint {path} does not fit this model: "
         f"{'; '.join(problems)}.{hint} Set the model's widths and block counts in the config to "

@@ -59,7 +59,9 @@ class GraphParallelTrainer(OCPTrainer):
 
     def train(self, disable_eval_tqdm: bool = False) -> None:
         if self.finetune_config and self.step == 0:
-            load_starting_weights(self._unwrapped_model, self.finetune_config)
+            load_starting_weights(
+                self._unwrapped_model, self.finetune_config, model_config=self.config["model"]
+            )
             if self.ema is not None:  # average from the starting weights, not the random init
                 self.ema = ExponentialMovingAverage(self.model.parameters(), self.ema_decay)
         super().train(disable_eval_tqdm=disable_eval_tqdm)
