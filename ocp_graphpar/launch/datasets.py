@@ -16,7 +16,8 @@ from fairchem.core.common.registry import registry
 from ocp_graphpar.datasets import OC20LmdbDataset, survey_folder
 from ocp_graphpar.errors import UserFacingError
 
-#: Splits each ``--mode`` reads. ``relax`` joins training only with ``task.eval_relaxations``.
+#: Splits each ``--mode`` reads, the one it cannot run without first. ``relax`` joins training
+#: only with ``task.eval_relaxations``.
 MODE_SPLITS = {
     "train": ("train", "val", "test"),
     "validate": ("val",),
@@ -57,17 +58,19 @@ def prepare_datasets(config: dict) -> dict:
                 datasets[split].pop("src", None)
             else:
                 del datasets[split]
+    required = MODE_SPLITS[config["mode"]][0]
     targets = [name for name in config.get("outputs", {}) if name in ("energy", "forces")]
     for split in wanted:
-        settings = dict(datasets.get("train") or {})
-        settings.update(datasets.get(split) or {})
-        if "src" not in (datasets.get(split) or {}):
-            if split in MODE_SPLITS[config["mode"]][:1]:
+        own = datasets.get(split) or {}
+        if "src" not in own:
+            if split == required:
                 raise UserFacingError(
                     f"--mode {config['mode']} reads dataset.{split}, and the config gives no "
                     f"folder for it. Pass --dataset.{split}.src=FOLDER."
                 )
             continue
+        # as fairchem builds it: the training split's settings, then the split's own
+        settings = own if own.get("use_train_settings") is False else {**datasets["train"], **own}
         survey_folder(
             settings["src"],
             where=f"dataset.{split}.src",
