@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from oc20 import oc20_atoms, require_oc20_mini
 from released_layout import write_released_dataset
 from test_fairchem_cli import FAIRCHEM, REPO, fairchem, ranks, train
@@ -104,6 +105,7 @@ def test_checkpoint_relaxes_atoms_as_fairchem_ase_calculator(
     # best_checkpoint.pt holds the EMA weights that --mode predict uses; the calculator loads
     # state_dict only, so checkpoint.pt would give it the raw, un-averaged weights
     best = released_checkpoint.with_name("best_checkpoint.pt")
+    torch.set_default_dtype(torch.float32)  # the calculator builds its model in the default dtype
     atoms = oc20_atoms(VAL[0]).copy()  # frame 0: the "{sid}_0" prediction
     atoms.calc = OCPCalculator(checkpoint_path=str(best), cpu=True, seed=0)
     fixed = np.zeros(len(atoms), dtype=bool)

@@ -106,7 +106,8 @@ def test_our_layout_reads_unchanged(ours):
 
 def test_stored_edges_give_the_on_the_fly_model(released):
     """The released layout's stored 6 A / 50-neighbour graph and fairchem's on-the-fly graph
-    give GemNet-XL the same energies and forces (float64, one process)."""
+    give GemNet-XL the same energies and forces (float64, one process); with ``otf_graph:
+    False`` a batch without stored edges (our layout) falls back to the on-the-fly graph."""
     from fairchem.core.datasets.lmdb_dataset import data_list_collater
     from recipe_cases import SMALL_WIDTHS
     from trainer_cases import load_repo_config
@@ -127,10 +128,18 @@ def test_stored_edges_give_the_on_the_fly_model(released):
         for otf in (False, True):
             model.otf_graph = otf
             outputs[otf] = model(batch.clone())
+        edgeless = batch.clone()
+        for key in ("edge_index", "cell_offsets", "neighbors"):
+            del edgeless[key]
+        model.otf_graph = False
+        outputs["no stored edges"] = model(edgeless)
     finally:
         torch.set_default_dtype(torch.float32)
-    for key in ("energy", "forces"):
-        torch.testing.assert_close(outputs[False][key], outputs[True][key], rtol=1e-12, atol=1e-12)
+    for case in (False, "no stored edges"):
+        for key in ("energy", "forces"):
+            torch.testing.assert_close(
+                outputs[case][key], outputs[True][key], rtol=1e-12, atol=1e-12
+            )
 
 
 # ----------------------------------------------------------------------------- bad folders

@@ -51,6 +51,17 @@ def test_relaxation_recipe_relaxes_with_is2rs_and_is2re_metrics(
     assert "is2rs_positions_average_distance_within_threshold" in metrics
 
 
+@pytest.mark.parametrize("name", ["is2re/gemnet_xl_ft", "is2re/gemnet_xl_relaxation"])
+def test_is2re_configs_name_a_registered_model_and_trainer(name):
+    from fairchem.core.common.registry import registry
+    from fairchem.core.trainers import OCPTrainer
+    from trainer_cases import load_repo_config
+
+    config = load_repo_config(name)
+    assert registry.get_model_class(config["model"]["name"]).__module__.startswith("ocp_graphpar")
+    assert issubclass(registry.get_trainer_class(config.get("trainer", "ocp")), OCPTrainer)
+
+
 def test_recipes_carry_the_papers_settings():
     from trainer_cases import load_repo_config
 
@@ -116,33 +127,47 @@ def test_gemnet_xl_ft_finetunes_from_an_s2ef_checkpoint(gloo_world, released, tm
         assert "finetune_config" not in result["saved_model_config"]
 
 
-def test_upstream_gemnet_t_checkpoint_starts_gemnet_xl(tmp_path):
-    """A model-zoo-format upstream ``gemnet_t`` checkpoint (DDP prefixes, its config) loads
-    into GemNet-XL exactly; one with other widths is refused with the widths named."""
-    from fairchem.core.models.gemnet.gemnet import GemNetT
+UPSTREAM_TWINS = {
+    "s2ef/gemnet_xl": ("fairchem.core.models.gemnet.gemnet", "GemNetT", "gemnet_t", "GemNetXL",
+                       "emb_size_edge"),
+    "s2ef/dimenetpp_xl": ("fairchem.core.models.dimenet_plus_plus", "DimeNetPlusPlusWrap",
+                          "dimenetplusplus", "DimeNetPPXL", "hidden_channels"),
+}  # fmt: skip
+OUR_OPTIONS = ("activation_checkpointing", "partition_weights", "auto_fit_scale_factors",
+               "detach_angles", "input_exchange")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_TWINS))
+def test_upstream_checkpoint_starts_our_model(name, tmp_path):
+    """A model-zoo-format upstream checkpoint (DDP prefixes, its config) loads into our model
+    exactly; one of other widths is refused, naming the width that differs."""
+    import importlib
+
     from trainer_cases import load_repo_config
 
-    from ocp_graphpar.models import GemNetXL
+    from ocp_graphpar import models
     from ocp_graphpar.trainers.finetune import load_starting_weights
 
-    config = {k: v for k, v in load_repo_config("s2ef/gemnet_xl")["model"].items() if k != "name"}
-    config |= SMALL_WIDTHS["GemNetXL"]
-    upstream_args = {k: v for k, v in config.items()
-                     if k not in ("activation_checkpointing", "partition_weights", "auto_fit_scale_factors")}  # fmt: skip
+    module, upstream_cls, upstream_name, ours_cls, width = UPSTREAM_TWINS[name]
+    config = {k: v for k, v in load_repo_config(name)["model"].items() if k != "name"}
+    config |= SMALL_WIDTHS[ours_cls]
+    upstream_args = {k: v for k, v in config.items() if k not in OUR_OPTIONS}
     torch.manual_seed(1)
-    upstream = GemNetT(**upstream_args)
-    path = tmp_path / "gemnet_t.pt"
+    upstream = getattr(importlib.import_module(module), upstream_cls)(**upstream_args)
+    path = tmp_path / f"{upstream_name}.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in upstream.state_dict().items()},
-                "config": {"model": {"name": "gemnet_t", **upstream_args}}}, path)  # fmt: skip
-    ours = GemNetXL(**config)
-    load_starting_weights(ours, {"starting_checkpoint": str(path)})
+                "config": {"model": {"name": upstream_name, **upstream_args}}}, path)  # fmt: skip
+    ours = getattr(models, ours_cls)(**config)
+    load_starting_weights(ours, {"starting_checkpoint": str(path)}, model_config=config)
     for key, value in upstream.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
-    wider = config | {"emb_size_edge": 48}
+    wider = config | {width: 48}
     with pytest.raises(UserFacingError) as error:
         load_starting_weights(
-            GemNetXL(**wider), {"starting_checkpoint": str(path)}, model_config=wider
+            getattr(models, ours_cls)(**wider),
+            {"starting_checkpoint": str(path)},
+            model_config=wider,
         )
     message = str(error.value)
     assert "tensors differ in shape" in message
-    assert "emb_size_edge is 32 in the checkpoint, 48 in this config." in message
+    assert f"{width} is {config[width]} in the checkpoint, 48 in this config." in message
