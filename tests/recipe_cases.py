@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-from trainer_cases import load_repo_config, train_step
-
-from ocp_graphpar.parallel import gp_size
+from trainer_cases import build_trainer, load_repo_config, train_step
 
 #: Small widths of the two architectures, for configs that are XL-wide.
 SMALL_WIDTHS = {
@@ -32,30 +29,8 @@ def small(config_name: str, overrides: dict) -> dict:
 
 
 def build_recipe_trainer(config_name: str, run_dir: str, overrides: dict):
-    """The trainer a config names (``trainer:``), as ``fairchem --mode train`` builds it."""
-    from fairchem.core.common.registry import registry
-
-    torch.set_default_dtype(torch.float32)
-    config = load_repo_config(config_name, small(config_name, overrides))
-    trainer_cls = registry.get_trainer_class(config.get("trainer", "ocp"))
-    return trainer_cls(
-        task=config.get("task", {}),
-        model=config["model"],
-        outputs=config["outputs"],
-        dataset=config["dataset"],
-        optimizer=config["optim"],
-        loss_functions=config["loss_functions"],
-        evaluation_metrics=config["evaluation_metrics"],
-        identifier="recipe",
-        timestamp_id="recipe",
-        local_rank=0,
-        run_dir=run_dir,
-        print_every=1,
-        seed=0,
-        logger="tensorboard",
-        cpu=True,
-        gp_gpus=gp_size(),
-    )
+    """The trainer a recipe config names, at small widths (see :func:`small`)."""
+    return build_trainer(config_name, run_dir, small(config_name, overrides))
 
 
 def recipe_step(config_name: str, run_dir: str, overrides: dict, relax: bool = False) -> dict:

@@ -49,9 +49,13 @@ def train(config: str, data: Path, run_dir: Path, *launch: str) -> tuple[Path, s
     return checkpoint, log
 
 
-def predict(config: str, data: Path, checkpoint: Path, run_dir: Path, *launch: str) -> dict:
+def predict(
+    config: str, data: Path, checkpoint: Path, run_dir: Path, *launch: str, only_test: bool = False
+) -> dict:
+    """Predictions for ``data/s2ef/val`` as the test split; ``only_test``: no other split given."""
     fairchem(
-        "--mode", "predict", "--config-yml", config, *launch, *s2ef_data(data),
+        "--mode", "predict", "--config-yml", config, *launch,
+        *([] if only_test else s2ef_data(data)),
         f"--dataset.test.src={data / 's2ef' / 'val'}", "--checkpoint", str(checkpoint),
         "--task.prediction_dtype=float32", run_dir=run_dir,
     )  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 import torch
 from oc20 import oc20_atoms, require_oc20_mini
 from released_layout import write_released_dataset
-from test_fairchem_cli import FAIRCHEM, REPO, fairchem, ranks, train
+from test_fairchem_cli import FAIRCHEM, REPO, fairchem, predict, ranks, train
 from test_oc20_layouts import BAD, TRAIN, VAL, bad_folder
 
 GEMNET = "configs/s2ef/gemnet_xl_demo.yml"
@@ -38,14 +38,7 @@ def released_checkpoint(released, tmp_path_factory):
 def released_predictions(released, released_checkpoint, tmp_path_factory) -> dict:
     """``--mode predict`` at gp 2 given only the test split (the released S2EF val folder)."""
     run_dir = tmp_path_factory.mktemp("released_predict")
-    fairchem(
-        "--mode", "predict", "--config-yml", GEMNET, *ranks(2, 2),
-        f"--dataset.test.src={released / 's2ef' / 'val'}", "--checkpoint", str(released_checkpoint),
-        "--task.prediction_dtype=float32", run_dir=run_dir,
-    )  # fmt: skip
-    [predictions] = run_dir.glob("results/*/*_predictions.npz")
-    with np.load(predictions) as result:
-        return dict(result)
+    return predict(GEMNET, released, released_checkpoint, run_dir, *ranks(2, 2), only_test=True)
 
 
 def test_predict_reads_only_the_test_split(released_predictions):

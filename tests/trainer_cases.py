@@ -44,15 +44,16 @@ def build_trainer(
     overrides: dict | None = None,
     drop_model_keys: Sequence[str] = (),
 ):
-    """An OCPTrainer as ``fairchem --mode train`` builds it, on this rank's process groups.
-    ``drop_model_keys``: model arguments to remove (e.g. ours, for an upstream model)."""
-    from fairchem.core.trainers import OCPTrainer
+    """The trainer the config names (``trainer:``, an OCPTrainer or a subclass) as ``fairchem
+    --mode train`` builds it, on this rank's process groups. ``drop_model_keys``: model
+    arguments to remove (e.g. ours, for an upstream model)."""
+    from fairchem.core.common.registry import registry
 
     torch.set_default_dtype(torch.float32)
     config = load_repo_config(name, overrides)
     for key in drop_model_keys:
         config["model"].pop(key, None)
-    return OCPTrainer(
+    return registry.get_trainer_class(config.get("trainer", "ocp"))(
         task=config.get("task", {}),
         model=config["model"],
         outputs=config["outputs"],

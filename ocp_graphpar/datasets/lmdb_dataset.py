@@ -11,7 +11,7 @@ from fairchem.core.common.registry import registry
 from fairchem.core.datasets.lmdb_dataset import LmdbDataset
 
 from ocp_graphpar.datasets.layouts import ENERGY_TARGETS
-from ocp_graphpar.datasets.survey import non_finite_keys, survey_folder
+from ocp_graphpar.datasets.survey import check_finite, survey_folder
 from ocp_graphpar.errors import UserFacingError
 
 
@@ -42,12 +42,7 @@ class OC20LmdbDataset(LmdbDataset):
             if stored in data and name not in data:
                 data[name] = data[stored]
                 del data[stored]
-        bad = non_finite_keys(data, self.survey.layout)
-        if bad:
-            raise UserFacingError(
-                f"sample {idx} of {self.survey.path} has non-finite values in {', '.join(bad)} "
-                "(NaN or inf). Remove or recompute such samples."
-            )
+        check_finite(data, self.survey.layout, where=f"sample {idx} of {self.survey.path}")
         if self.energy_target != "frame":
             target = ENERGY_TARGETS[self.energy_target]
             if target in data:

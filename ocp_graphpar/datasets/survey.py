@@ -132,7 +132,7 @@ def survey_folder(
         )
         _check_keys(survey, where=where, needs=needs, energy_target=energy_target)
         for file, index, data in _spread_samples(files, envs, counts, check_samples):
-            _check_finite(data, survey.layout, file=file, index=index, where=where)
+            check_finite(data, survey.layout, where=f"{where}: sample {index} of {file}")
     finally:
         for env in envs:
             env.close()
@@ -201,12 +201,13 @@ def _spread_samples(
         yield files[which], local, read_sample(envs[which], local)
 
 
-def _check_finite(data: Data, layout: Layout, *, file: Path, index: int, where: str) -> None:
+def check_finite(data: Data, layout: Layout, *, where: str) -> None:
+    """Refuse a sample (named by ``where``) whose targets or positions hold NaN or inf."""
     bad = non_finite_keys(data, layout)
     if bad:
         raise UserFacingError(
-            f"{where}: sample {index} of {file} has non-finite values in {', '.join(bad)} "
-            "(NaN or inf). Remove or recompute such samples; training on them gives NaN weights."
+            f"{where} has non-finite values in {', '.join(bad)} (NaN or inf). Remove or "
+            "recompute such samples; training on them gives NaN weights."
         )
 
 
