@@ -265,6 +265,41 @@ def test_demo_is_deterministic_and_readable(
     assert energies != [s.energy for s in lmdb_samples(first_dir / "s2ef/train")]
 
 
+def test_demo_systems_mix_relaxation_and_non_equilibrium_frames():
+    from ocp_graphpar.tools.data.demo import (
+        FrameCounts,
+        build_demo_atoms,
+        demo_recipe,
+        demo_system,
+    )
+
+    counts = FrameCounts(relaxation=6, md=5, rattled=3)
+    system = demo_system(3, 0, counts=counts)
+    assert system.n_frames == counts.relaxation + counts.md + counts.rattled
+    np.testing.assert_allclose(system.positions[0], build_demo_atoms(demo_recipe(3, 0)).positions)
+    free = ~system.fixed
+    mean_force = np.abs(system.forces[:, free]).mean(axis=(1, 2))  # (frames,) eV/Å
+    relaxed = np.linalg.norm(system.forces[-1, free], axis=1).max()
+    assert relaxed <= 0.05  # the last frame is relaxed (fmax), what IS2RS reads
+    non_equilibrium = mean_force[counts.relaxation - 1 : -1]
+    assert non_equilibrium.size == counts.md + counts.rattled
+    assert non_equilibrium.min() > 0.1 and non_equilibrium.mean() > 10 * mean_force[-1]
+    # fixed atoms never move
+    fixed = system.positions[:, system.fixed]
+    assert np.abs(fixed - fixed[:1]).max() == 0
+
+
+def test_demo_validation_systems_share_metals_and_adsorbates_with_training():
+    from ocp_graphpar.tools.data.demo import demo_recipe, demo_split_seed
+
+    seed = demo_split_seed(40, 0, 0.25)
+    recipes = {r.name: r for r in (demo_recipe(0, i) for i in range(40))}
+    train, val = split_systems(list(recipes), 0.25, seed)
+    for kind in ("metal", "adsorbate"):
+        seen = {getattr(recipes[name], kind) for name in train}
+        assert {getattr(recipes[name], kind) for name in val} <= seen
+
+
 def test_is2rs_lmdb_runs_through_fairchem_relaxation(demo_dataset: tuple[Path, object]) -> None:
     """fairchem's ml_relax and IS2RS/IS2RE evaluators accept the IS2RS LMDB as written.
 

@@ -22,10 +22,12 @@ from ocp_graphpar.tools.demo.stages import training_schedule
 from ocp_graphpar.tools.demo.state import StageState
 
 REPO = Path(__file__).resolve().parents[1]
-#: A tiny demo: 2 training systems (4 steps an epoch), 4 validation systems (one per split).
+#: A tiny demo: 2 training systems (5 steps an epoch, 4 epochs), 4 validation systems (one per
+#: split, 40 frames: within the demo's validation sample, so the last validation sees them all).
 TINY = [
     "--systems", "6", "--emt-steps", "6", "--val-fraction", "0.67",
-    "--steps", "16", "--evaluations", "2", "--relaxation-steps", "2",
+    "--md-frames", "2", "--rattled-frames", "1",
+    "--steps", "20", "--evaluations", "2", "--relaxation-steps", "2",
 ]  # fmt: skip
 
 
@@ -33,7 +35,8 @@ TINY = [
 
 
 @pytest.mark.parametrize(
-    ("frames", "steps", "evaluations"), [(482, 240, 4), (14, 16, 2), (560, 240, 4), (9, 7, 3)]
+    ("frames", "steps", "evaluations"),
+    [(482, 240, 4), (14, 16, 2), (560, 240, 4), (9, 7, 3), (960, 700, 4)],
 )
 def test_schedule_checkpoints_the_last_step(frames, steps, evaluations):
     schedule = training_schedule(frames, 4, steps, evaluations)
@@ -42,6 +45,12 @@ def test_schedule_checkpoints_the_last_step(frames, steps, evaluations):
     assert schedule.total_steps % schedule.checkpoint_every == 0  # final weights checkpointed
     assert schedule.checkpoint_every <= max(schedule.eval_every, 20)
     assert 0.5 * evaluations <= schedule.total_steps // schedule.eval_every <= 2 * evaluations
+    assert 1 <= schedule.warmup_steps < schedule.total_steps // 10 + 2
+    # fairchem refuses milestones below 100 (it reads them as epochs)
+    assert all(100 <= m < schedule.total_steps for m in schedule.lr_milestones)
+    assert list(schedule.lr_milestones) == sorted(set(schedule.lr_milestones))
+    overrides = schedule.overrides()
+    assert f"--optim.lr_milestones=[{','.join(map(str, schedule.lr_milestones))}]" in overrides
 
 
 def test_records_are_atomic_and_keyed_by_inputs(tmp_path):

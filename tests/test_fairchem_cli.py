@@ -14,10 +14,14 @@ FAIRCHEM = REPO / ".venv" / "bin" / "fairchem"
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
+    from tiny_data import TINY_FRAMES
+
     from ocp_graphpar.tools.data import make_demo_dataset
 
     out = tmp_path_factory.mktemp("cli") / "data"  # 2 training, 4 validation systems
-    make_demo_dataset(out, systems=6, max_steps=6, val_fraction=0.67, progress=False)
+    make_demo_dataset(
+        out, systems=6, max_steps=6, val_fraction=0.67, progress=False, counts=TINY_FRAMES
+    )
     return out
 
 

@@ -84,3 +84,24 @@ def test_preemption_signal_checkpoints_at_the_next_step_boundary(monkeypatch):
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert seen == [(3, 0.3, 3, 1)]  # and the metrics logged so far were written out
+
+
+@pytest.mark.parametrize(
+    ("flags", "preset", "expected"),
+    [
+        ({"cpu": True, "submit": False, "num_gpus": 2}, None, "1"),  # 2 cores, 2 ranks
+        ({"cpu": True, "submit": False, "num_gpus": 2}, "3", "3"),  # the user's setting stays
+        ({"cpu": True, "submit": True, "num_gpus": 2}, None, None),  # SLURM sizes its tasks
+        ({"cpu": False, "submit": False, "num_gpus": 2}, None, None),
+        ({"cpu": True, "submit": False, "num_gpus": 1}, None, None),
+    ],
+)
+def test_local_cpu_ranks_share_the_cores(flags, preset, expected, monkeypatch):
+    from ocp_graphpar.launch.cli_hooks import share_cores_among_ranks
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if preset is not None:
+        monkeypatch.setenv("OMP_NUM_THREADS", preset)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    share_cores_among_ranks(SimpleNamespace(**flags))
+    assert os.environ.get("OMP_NUM_THREADS") == expected

@@ -66,9 +66,13 @@ def test_relaxations_read_only_the_relax_split(released, released_checkpoint, tm
 def test_bad_folder_stops_the_cli_before_any_rank(kind, released, tmp_path):
     ours_data = tmp_path / "ours"
     if kind == "mixed":
+        from tiny_data import TINY_FRAMES
+
         from ocp_graphpar.tools.data import make_demo_dataset
 
-        make_demo_dataset(ours_data, systems=2, max_steps=2, val_fraction=0.5, progress=False)
+        make_demo_dataset(
+            ours_data, systems=2, max_steps=2, val_fraction=0.5, progress=False, counts=TINY_FRAMES
+        )
     folder = bad_folder(kind, released, ours_data, tmp_path)
     started = time.monotonic()
     done = subprocess.run(

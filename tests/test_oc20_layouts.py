@@ -239,3 +239,13 @@ def test_released_energies_are_referenced_like_adsorption_energies(released):
         [s.energy for s in OC20LmdbDataset({"src": str(released / "s2ef" / "train")})]
     )
     assert np.abs(energies).max() < 20
+
+
+def test_a_mode_without_training_data_takes_fitted_normalizers_from_the_checkpoint(released):
+    fitted = {"fit": {"targets": {"energy": {}, "forces": {"mean": 0.0}}, "batch_size": 32}}
+    config = {"mode": "predict", "outputs": {}, "dataset": {
+        "train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": "x", "transforms": {
+            "normalizer": fitted, "element_references": {**fitted, "file": "refs.npz"}}},
+        "test": {"src": str(released / "s2ef" / "val")}}}  # fmt: skip
+    transforms = prepare_datasets(config)["dataset"]["train"]["transforms"]
+    assert transforms == {"element_references": {"file": "refs.npz"}}

@@ -39,10 +39,14 @@ def slurm_cluster():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+    from tiny_data import TINY_FRAMES
+
     from ocp_graphpar.tools.data import make_demo_dataset
 
     out = tmp_path_factory.mktemp("slurm") / "data"
-    make_demo_dataset(out, systems=4, max_steps=10, val_fraction=0.25, progress=False)
+    make_demo_dataset(
+        out, systems=4, max_steps=10, val_fraction=0.25, progress=False, counts=TINY_FRAMES
+    )
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from oc20 import require_oc20_mini
+from tiny_data import TINY_FRAMES
 from trainer_cases import (
     data_overrides,
     loader_losses,
@@ -21,7 +22,9 @@ GP_OPTIONS = ("activation_checkpointing", "partition_weights", "auto_fit_scale_f
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("trainer") / "data"
-    make_demo_dataset(out, systems=4, max_steps=4, val_fraction=0.25, progress=False)
+    make_demo_dataset(
+        out, systems=4, max_steps=4, val_fraction=0.25, progress=False, counts=TINY_FRAMES
+    )
     return out
 
 

@@ -5,8 +5,9 @@ only ``--dataset.test.src`` stops at ``No LMDBs found in 'data/s2ef/train'``, an
 cannot use fails later inside a spawned rank (``KeyError: 'energy'``). For configs whose
 datasets use :class:`~ocp_graphpar.datasets.OC20LmdbDataset`, :func:`prepare_datasets` runs in
 the launching process, before any rank exists: it drops the splits the mode does not read
-(keeping the training split's settings, which carry the normalisation) and surveys each split
-it keeps (:func:`~ocp_graphpar.datasets.survey_folder`). Configs of other formats pass through.
+(keeping the training split's settings, which carry the normalisation, less any ``fit:`` of
+normalisers or element references, which such a mode takes from its checkpoint) and surveys
+each split it keeps (:func:`~ocp_graphpar.datasets.survey_folder`). Configs of other formats pass through.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ MODE_SPLITS = {
 }
 #: Splits whose samples must carry the targets of ``outputs``; the others need inputs only.
 LABELLED_SPLITS = ("train", "val")
+#: Transforms fairchem can fit on the training split (``fit:``); a mode that reads no training
+#: split takes them from the checkpoint (which stores both) instead of fitting on nothing.
+FITTED_TRANSFORMS = ("normalizer", "element_references")
 
 
 def uses_our_format(config: dict) -> bool:
@@ -46,6 +50,19 @@ def splits_for(config: dict) -> tuple[str, ...]:
     return splits
 
 
+def drop_fits(train: dict) -> None:
+    """Take the ``fit:`` entries out of the training split's transforms (in place)."""
+    transforms = train.get("transforms") or {}
+    for name in FITTED_TRANSFORMS:
+        settings = transforms.get(name)
+        if isinstance(settings, dict) and "fit" in settings:
+            rest = {key: value for key, value in settings.items() if key != "fit"}
+            if rest:
+                transforms[name] = rest
+            else:
+                del transforms[name]
+
+
 def prepare_datasets(config: dict) -> dict:
     """Keep the mode's splits of ``config["dataset"]`` and survey them (in place; returned)."""
     if not uses_our_format(config) or config.get("mode") not in MODE_SPLITS:
@@ -56,6 +73,7 @@ def prepare_datasets(config: dict) -> dict:
         if split not in wanted:
             if split == "train":  # its settings (normalizer, format) are the others' defaults
                 datasets[split].pop("src", None)
+                drop_fits(datasets[split])
             else:
                 del datasets[split]
     required = MODE_SPLITS[config["mode"]][0]

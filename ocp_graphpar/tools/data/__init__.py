@@ -64,13 +64,14 @@ from ocp_graphpar.tools.data.convert import (
     LinearReference,
     SplitSummary,
     assign_sids,
+    covering_split_seed,
     fit_linear_reference,
     in_domain_split_seed,
     split_systems,
     systems_to_lmdbs,
     trajectories_to_lmdbs,
 )
-from ocp_graphpar.tools.data.demo import make_demo_dataset, relax_demo_systems
+from ocp_graphpar.tools.data.demo import demo_systems, make_demo_dataset
 from ocp_graphpar.tools.data.lmdb_writer import staged_output, write_lmdb
 from ocp_graphpar.tools.data.reading import read_trajectories
 from ocp_graphpar.tools.data.samples import (
@@ -89,13 +90,14 @@ __all__ = [
     "SplitSummary",
     "System",
     "assign_sids",
+    "covering_split_seed",
+    "demo_systems",
     "derive_oc20_tags",
     "fit_linear_reference",
     "in_domain_split_seed",
     "is2rs_sample",
     "make_demo_dataset",
     "read_trajectories",
-    "relax_demo_systems",
     "s2ef_sample",
     "select_frames",
     "split_systems",

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ocp_graphpar.tools.data.convert import trajectories_to_lmdbs
-from ocp_graphpar.tools.data.demo import DEFAULT_MAX_STEPS, DEFAULT_SYSTEMS, make_demo_dataset
+from ocp_graphpar.tools.data.demo import (
+    DEFAULT_FRAMES,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_SYSTEMS,
+    FrameCounts,
+    make_demo_dataset,
+)
 
 
 def _add_common_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
@@ -55,6 +61,9 @@ def run_demo(args: argparse.Namespace) -> int:
         linear_reference=args.linear_reference,
         overwrite=args.overwrite,
         max_steps=args.max_steps,
+        counts=FrameCounts(
+            relaxation=args.relaxation_frames, md=args.md_frames, rattled=args.rattled_frames
+        ),
     )
     print(summary.format())
     return 0
@@ -85,15 +94,16 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="make a small demo dataset with ASE's EMT (no downloads)",
-        description="Relax small adsorbates on fcc(111)/(100) EMT metal slabs with BFGS and write "
-        "every step, in the same layout as from-traj. Deterministic for a seed.",
+        description="Small adsorbates on fcc(111)/(100) EMT metal slabs: BFGS relaxation frames, "
+        "Langevin MD frames and rattled frames around the relaxed structure, written in the same "
+        "layout as from-traj. Deterministic for a seed.",
     )
     demo.add_argument(
         "--systems",
         type=int,
         default=DEFAULT_SYSTEMS,
         metavar="N",
-        help="number of relaxations (default: %(default)s, about 650 frames)",
+        help="number of systems (default: %(default)s, about 960 frames)",
     )
     demo.add_argument(
         "--max-steps",
@@ -102,5 +112,14 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="BFGS step cap per relaxation (default: %(default)s)",
     )
+    for name, default, what in (
+        ("--relaxation-frames", DEFAULT_FRAMES.relaxation, "evenly spaced relaxation steps"),
+        ("--md-frames", DEFAULT_FRAMES.md, "Langevin MD frames around the relaxed structure"),
+        ("--rattled-frames", DEFAULT_FRAMES.rattled, "rattled copies of the relaxed structure"),
+    ):
+        demo.add_argument(
+            name, type=int, default=default, metavar="K",
+            help=f"{what} per system (default: %(default)s)",
+        )  # fmt: skip
     _add_common_options(demo, seed_help="seed of the structures and of the train/val split")
     demo.set_defaults(handler=run_demo)

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +73,20 @@ def split_systems(
     return train, val
 
 
+def covering_split_seed(
+    labels: Mapping[str, set], val_fraction: float = 0.2, max_tries: int = 10_000
+) -> int | None:
+    """The first split seed whose validation systems carry only labels (elements, metals,
+    adsorbates, ...) that some training system also carries; ``None`` if none of ``max_tries``
+    seeds does. ``labels`` maps each system name to its labels."""
+    for seed in range(max_tries):
+        train, val = split_systems(list(labels), val_fraction, seed)
+        seen = set().union(*(labels[name] for name in train))
+        if all(labels[name] <= seen for name in val):
+            return seed
+    return None
+
+
 def in_domain_split_seed(
     systems: Sequence[System], val_fraction: float = 0.2, max_tries: int = 10_000
 ) -> int:
@@ -80,16 +94,14 @@ def in_domain_split_seed(
     systems also contain (as OC20's in-domain split): a model cannot learn an element it never
     saw, so such a validation set would measure nothing but that."""
     elements = {s.name: set(s.numbers.tolist()) for s in systems}
-    for seed in range(max_tries):
-        train, val = split_systems(list(elements), val_fraction, seed)
-        seen = set().union(*(elements[name] for name in train))
-        if all(elements[name] <= seen for name in val):
-            return seed
-    raise UserFacingError(
-        f"no split of these {len(systems)} systems keeps every validation element in training "
-        f"(tried {max_tries} seeds). Add systems that share their elements, or lower the "
-        "validation fraction."
-    )
+    seed = covering_split_seed(elements, val_fraction, max_tries)
+    if seed is None:
+        raise UserFacingError(
+            f"no split of these {len(systems)} systems keeps every validation element in "
+            f"training (tried {max_tries} seeds). Add systems that share their elements, or "
+            "lower the validation fraction."
+        )
+    return seed
 
 
 def assign_sids(names: Sequence[str]) -> dict[str, int]:

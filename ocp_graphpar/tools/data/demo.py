@@ -1,11 +1,19 @@
-"""An embedded demo dataset: small adsorbate+slab relaxations with ASE's EMT calculator.
+"""An embedded demo dataset: small adsorbate+slab systems labelled with ASE's EMT calculator.
 
 Nothing is downloaded. Each demo system is an fcc(111) or fcc(100) slab of an EMT metal with a
 small adsorbate (H, C, N, O, OH, CO, NH, CH) placed on a surface site, its slab slightly rattled,
-its bottom layers fixed with ``FixAtoms`` (like OC20's subsurface), relaxed with BFGS. Every
-relaxation step is one frame, and the frames go through exactly the writer ``from-traj`` uses
+its bottom layers fixed with ``FixAtoms`` (like OC20's subsurface). Its frames mix what OC20's
+S2EF data holds: the BFGS relaxation from the initial structure (thinned to evenly spaced
+steps), and non-equilibrium frames around the relaxed structure, from a short Langevin MD run
+at a temperature drawn per system and from rattled copies. Those carry forces of order
+1 eV/Å, where relaxation frames end near zero: a model must learn forces to beat predicting
+none. The frames go through exactly the writer ``from-traj`` uses
 (:func:`~ocp_graphpar.tools.data.convert.systems_to_lmdbs`), so the demo dataset has the same
-layout and fields as a converted OC20 one.
+layout and fields as a converted OC20 one, frame 0 being the initial structure and the last
+frame the relaxed one (what IS2RS reads).
+
+The split is by system, and the first split seed is taken whose validation systems' metals and
+adsorbates all occur in training systems (in other combinations, facets or sites).
 
 System ``i`` depends only on ``(seed, i)``, so a run with more systems extends one with fewer,
 and two runs with the same seed on one machine write identical data.
@@ -13,16 +21,20 @@ and two runs with the same seed on one machine write identical data.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 from ase.build import add_adsorbate, fcc100, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.optimize import BFGS
 from tqdm import tqdm
 
@@ -30,6 +42,7 @@ from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.data.convert import (
     DatasetSummary,
     check_val_fraction,
+    covering_split_seed,
     systems_to_lmdbs,
 )
 from ocp_graphpar.tools.data.lmdb_writer import check_output_target
@@ -41,8 +54,8 @@ from ocp_graphpar.tools.data.samples import (
     system_from_frames,
 )
 
-#: Metals ASE's EMT has parameters for.
-DEMO_METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
+#: fcc transition metals ASE's EMT has parameters for (its Al is a rougher fit, left out).
+DEMO_METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 
 #: Adsorbates as (symbol, height above the binding atom in Å); the binding atom comes first.
 DEMO_ADSORBATES: dict[str, tuple[tuple[str, float], ...]] = {
@@ -63,9 +76,19 @@ _FACETS = {
 _SIZES = ((2, 2, 4), (3, 3, 3), (3, 3, 4))  # (x, y, layers): 17 to 38 atoms with the adsorbate
 _FREE_LAYERS = 2  # top layers left free; the rest are fixed, as OC20's subsurface
 _VACUUM = 9.0  # Å on each side of the slab
-DEFAULT_SYSTEMS = 16  # about 650 frames, a few seconds on 2 cores
+_TEMPERATURES_K = (300.0, 1000.0)  # MD temperature range, drawn per system
+_RATTLE_STDEV = (0.05, 0.15)  # Å, range of the rattled frames' displacement per coordinate
+_MD_TIMESTEP = 2.0 * units.fs  # H is the lightest atom
+_MD_FRICTION = 0.02 / units.fs
+_MD_BURN_IN = 10  # MD steps before the first frame
+_MD_STRIDE = 5  # MD steps between frames (10 fs)
+
+DEFAULT_SYSTEMS = 40  # about 960 frames, half a minute on 2 cores
 DEFAULT_FMAX = 0.05  # eV/Å
-DEFAULT_MAX_STEPS = 100
+DEFAULT_MAX_STEPS = 100  # BFGS steps per relaxation at most
+DEFAULT_RELAXATION_FRAMES = 10  # evenly spaced relaxation steps kept per system, ends included
+DEFAULT_MD_FRAMES = 10
+DEFAULT_RATTLED_FRAMES = 4
 
 
 @dataclass(frozen=True)
@@ -81,10 +104,30 @@ class DemoRecipe:
     height: float  # Å of the binding atom above the site
     offset: tuple[float, float]  # Å lateral shift off the ideal site, so relaxations differ
     rattle_seed: int
+    temperature: float  # K of the MD frames
 
     @property
     def name(self) -> str:
         return f"demo{self.index:04d}_{self.metal}{self.facet}_{self.adsorbate}_{self.site}"
+
+
+@dataclass(frozen=True)
+class FrameCounts:
+    """How many frames of each kind a demo system gets."""
+
+    relaxation: int = DEFAULT_RELAXATION_FRAMES
+    md: int = DEFAULT_MD_FRAMES
+    rattled: int = DEFAULT_RATTLED_FRAMES
+
+    def check(self) -> None:
+        if self.relaxation < 2 or self.md < 0 or self.rattled < 0:
+            raise UserFacingError(
+                "--relaxation-frames must be at least 2 (the initial and the relaxed structure); "
+                "--md-frames and --rattled-frames 0 or more."
+            )
+
+
+DEFAULT_FRAMES = FrameCounts()
 
 
 def demo_recipe(seed: int, index: int) -> DemoRecipe:
@@ -102,6 +145,7 @@ def demo_recipe(seed: int, index: int) -> DemoRecipe:
         height=float(rng.uniform(1.4, 2.2)),
         offset=(float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3))),
         rattle_seed=int(rng.integers(2**31)),
+        temperature=float(rng.uniform(*_TEMPERATURES_K)),
     )
 
 
@@ -128,6 +172,17 @@ def build_demo_atoms(recipe: DemoRecipe) -> Atoms:
     return slab
 
 
+def _labelled(atoms: Atoms) -> Atoms:
+    """A copy of ``atoms`` carrying its raw EMT energy and forces (constraints not applied)."""
+    frame = atoms.copy()
+    frame.calc = SinglePointCalculator(
+        frame,
+        energy=atoms.get_potential_energy(),
+        forces=atoms.get_forces(apply_constraint=False),
+    )
+    return frame
+
+
 def relax_demo_system(
     recipe: DemoRecipe, fmax: float = DEFAULT_FMAX, max_steps: int = DEFAULT_MAX_STEPS
 ) -> list[Atoms]:
@@ -138,38 +193,112 @@ def relax_demo_system(
     atoms = build_demo_atoms(recipe)
     atoms.calc = EMT()
     frames: list[Atoms] = []
-
-    def record() -> None:
-        frame = atoms.copy()
-        frame.calc = SinglePointCalculator(
-            frame,
-            energy=atoms.get_potential_energy(),
-            forces=atoms.get_forces(apply_constraint=False),
-        )
-        frames.append(frame)
-
     optimizer = BFGS(atoms, logfile=None)
-    optimizer.attach(record)  # ASE calls observers before the first step and after each
+    # ASE calls observers before the first step and after each.
+    optimizer.attach(lambda: frames.append(_labelled(atoms)))
     optimizer.run(fmax=fmax, steps=max_steps)
     return frames
 
 
-def relax_demo_systems(
+def md_frames(recipe: DemoRecipe, relaxed: Atoms, count: int) -> list[Atoms]:
+    """``count`` frames of Langevin MD at ``recipe.temperature`` started at the relaxed
+    structure (fixed atoms stay fixed), one every ``_MD_STRIDE`` steps after a burn-in."""
+    atoms = relaxed.copy()
+    atoms.calc = EMT()
+    rng = np.random.default_rng([recipe.rattle_seed, 1])
+    MaxwellBoltzmannDistribution(atoms, temperature_K=recipe.temperature, rng=rng)
+    dynamics = Langevin(
+        atoms, _MD_TIMESTEP, temperature_K=recipe.temperature, friction=_MD_FRICTION, rng=rng
+    )
+    frames = []
+    if count:
+        dynamics.run(_MD_BURN_IN)
+    for _ in range(count):
+        frames.append(_labelled(atoms))
+        dynamics.run(_MD_STRIDE)
+    return frames
+
+
+def rattled_frames(recipe: DemoRecipe, relaxed: Atoms, count: int) -> list[Atoms]:
+    """``count`` copies of the relaxed structure with the free atoms displaced at random."""
+    rng = np.random.default_rng([recipe.rattle_seed, 2])
+    free = np.ones(len(relaxed), dtype=bool)
+    free[relaxed.constraints[0].index] = False
+    frames = []
+    for _ in range(count):
+        atoms = relaxed.copy()
+        stdev = rng.uniform(*_RATTLE_STDEV)
+        atoms.positions[free] += rng.normal(scale=stdev, size=(int(free.sum()), 3))
+        atoms.calc = EMT()
+        frames.append(_labelled(atoms))
+    return frames
+
+
+def demo_system_frames(
+    recipe: DemoRecipe,
+    *,
+    counts: FrameCounts = DEFAULT_FRAMES,
+    fmax: float = DEFAULT_FMAX,
+    max_steps: int = DEFAULT_MAX_STEPS,
+) -> list[Atoms]:
+    """All frames of one demo system: the initial structure and evenly spaced relaxation steps,
+    then the MD and rattled frames, and the relaxed structure last."""
+    relaxation = relax_demo_system(recipe, fmax=fmax, max_steps=max_steps)
+    kept = np.unique(np.linspace(0, len(relaxation) - 1, counts.relaxation).round().astype(int))
+    relaxed = relaxation[-1]
+    return [
+        *(relaxation[i] for i in kept[:-1]),
+        *md_frames(recipe, relaxed, counts.md),
+        *rattled_frames(recipe, relaxed, counts.rattled),
+        relaxed,
+    ]
+
+
+def demo_system(
+    seed: int,
+    index: int,
+    *,
+    counts: FrameCounts = DEFAULT_FRAMES,
+    fmax: float = DEFAULT_FMAX,
+    max_steps: int = DEFAULT_MAX_STEPS,
+) -> System:
+    """Demo system ``index`` under ``seed``, labelled, as a :class:`System`."""
+    recipe = demo_recipe(seed, index)
+    frames = demo_system_frames(recipe, counts=counts, fmax=fmax, max_steps=max_steps)
+    return system_from_frames(recipe.name, frames, source=f"EMT demo, seed {seed}")
+
+
+def demo_systems(
     n_systems: int = DEFAULT_SYSTEMS,
     seed: int = 0,
+    *,
+    counts: FrameCounts = DEFAULT_FRAMES,
     fmax: float = DEFAULT_FMAX,
     max_steps: int = DEFAULT_MAX_STEPS,
     progress: bool = True,
 ) -> list[System]:
-    """Build and relax ``n_systems`` demo systems in memory, as :class:`System` objects."""
-    systems = []
-    for index in tqdm(
-        range(n_systems), desc="relaxing (EMT)", unit="system", disable=None if progress else True
-    ):
-        recipe = demo_recipe(seed, index)
-        frames = relax_demo_system(recipe, fmax=fmax, max_steps=max_steps)
-        systems.append(system_from_frames(recipe.name, frames, source=f"EMT demo, seed {seed}"))
-    return systems
+    """Build and label ``n_systems`` demo systems in memory, in order, one process per core
+    (each system depends only on its index, so the result is the same on any core count)."""
+    make = partial(demo_system, seed, counts=counts, fmax=fmax, max_steps=max_steps)
+    workers = min(
+        n_systems, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    )
+    bar = {"total": n_systems, "desc": "EMT demo systems", "unit": "system"}
+    bar["disable"] = None if progress else True
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [make(index) for index in tqdm(range(n_systems), **bar)]
+    # fork: the workers run ASE and numpy only, and need none of the parent's imports redone
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(tqdm(pool.imap(make, range(n_systems)), **bar))
+
+
+def demo_split_seed(n_systems: int, seed: int, val_fraction: float) -> int:
+    """The first split seed whose validation systems' metals and adsorbates all occur among the
+    training systems; ``seed`` itself when no split of so few systems can do that."""
+    recipes = [demo_recipe(seed, index) for index in range(n_systems)]
+    labels = {r.name: {f"metal {r.metal}", f"adsorbate {r.adsorbate}"} for r in recipes}
+    covering = covering_split_seed(labels, val_fraction)
+    return seed if covering is None else covering
 
 
 def make_demo_dataset(
@@ -182,15 +311,17 @@ def make_demo_dataset(
     overwrite: bool = False,
     fmax: float = DEFAULT_FMAX,
     max_steps: int = DEFAULT_MAX_STEPS,
+    counts: FrameCounts = DEFAULT_FRAMES,
     progress: bool = True,
 ) -> DatasetSummary:
-    """Relax ``systems`` EMT demo systems and write them like ``from-traj`` does (same layout).
+    """Make ``systems`` EMT demo systems and write them like ``from-traj`` does (same layout).
 
     Needs no files or network. Options as :func:`~ocp_graphpar.tools.data.convert.systems_to_lmdbs`.
     """
     started = time.perf_counter()
     check_output_target(out, overwrite)
     check_val_fraction(val_fraction)
+    counts.check()
     if systems < 1 or (val_fraction > 0 and systems < 2):
         raise UserFacingError(
             f"--systems must be at least 2 to have train and validation systems (got {systems}); "
@@ -198,16 +329,19 @@ def make_demo_dataset(
         )
     if max_steps < 0 or fmax <= 0:
         raise UserFacingError("--max-steps must be 0 or more and --fmax positive.")
-    relaxed = relax_demo_systems(systems, seed, fmax=fmax, max_steps=max_steps, progress=progress)
+    made = demo_systems(
+        systems, seed, counts=counts, fmax=fmax, max_steps=max_steps, progress=progress
+    )
+    split_seed = demo_split_seed(systems, seed, val_fraction) if val_fraction > 0 else seed
     summary = systems_to_lmdbs(
-        relaxed,
+        made,
         out,
         val_fraction=val_fraction,
-        seed=seed,
+        seed=split_seed,
         linear_reference=linear_reference,
         overwrite=overwrite,
         progress=progress,
         origin="ocp-graphpar data demo",
     )
-    summary.seconds = time.perf_counter() - started  # relaxations included
+    summary.seconds = time.perf_counter() - started  # EMT labelling included
     return summary

@@ -38,6 +38,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         restart=args.restart,
         systems=args.systems,
         emt_steps=args.emt_steps,
+        md_frames=args.md_frames,
+        rattled_frames=args.rattled_frames,
         val_fraction=args.val_fraction,
         frame_stride=args.frame_stride,
         max_atoms=args.max_atoms or None,
@@ -101,8 +103,13 @@ def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
         "--restart", action="store_true", help="delete what an earlier demo left in DIR first"
     )
     data = demo.add_argument_group("data")
-    _option(data, "--systems", _DEFAULTS.systems, "N", "embedded set: EMT relaxations")
+    _option(data, "--systems", _DEFAULTS.systems, "N", "embedded set: EMT systems")
     _option(data, "--emt-steps", _DEFAULTS.emt_steps, "S", "embedded set: BFGS steps at most")
+    _option(data, "--md-frames", _DEFAULTS.md_frames, "K", "embedded set: MD frames per system")
+    _option(
+        data, "--rattled-frames", _DEFAULTS.rattled_frames, "K",
+        "embedded set: rattled frames per system",
+    )  # fmt: skip
     data.add_argument(
         "--val-fraction",
         type=float,

@@ -6,6 +6,7 @@ import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ocp_graphpar.tools.data.demo import DEFAULT_FRAMES
 from ocp_graphpar.tools.demo.launcher import REPO
 
 S2EF_CONFIG = REPO / "configs" / "s2ef" / "gemnet_xl_demo.yml"
@@ -21,8 +22,9 @@ GP_RANKS = 2
 class DemoOptions:
     """Options of one demo run; the defaults are ``make demo``'s.
 
-    ``data`` empty means the embedded EMT demo set (``systems`` relaxations of at most
-    ``emt_steps`` BFGS steps); otherwise ASE trajectory files or folders of ``*.traj``, one
+    ``data`` empty means the embedded EMT demo set (``systems`` systems: relaxations of at most
+    ``emt_steps`` BFGS steps, ``md_frames`` MD and ``rattled_frames`` rattled frames each);
+    otherwise ASE trajectory files or folders of ``*.traj``, one
     relaxation each, thinned to every ``frame_stride``-th frame (``None``: the smallest stride
     that keeps one epoch within ``steps``) and limited to systems of at most ``max_atoms`` atoms
     (``None``: all). Training takes about ``steps`` optimizer steps (whole epochs, as fairchem
@@ -33,13 +35,15 @@ class DemoOptions:
     out: Path
     data: tuple[Path, ...] = ()
     restart: bool = False
-    systems: int = 16
+    systems: int = 32
     emt_steps: int = 100
+    md_frames: int = DEFAULT_FRAMES.md
+    rattled_frames: int = DEFAULT_FRAMES.rattled
     val_fraction: float = 0.25
     seed: int = 0
     frame_stride: int | None = None
     max_atoms: int | None = 80
-    steps: int = 200
+    steps: int = 700
     evaluations: int = 4
     relaxation_steps: int = 100
     measure_systems: int = 2

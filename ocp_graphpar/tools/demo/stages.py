@@ -78,7 +78,11 @@ def data_inputs(options: DemoOptions) -> dict:
 
     common = {"val_fraction": options.val_fraction, "seed": options.seed, "referenced": True}
     if not options.data:
-        embedded = {"systems": options.systems, "emt_steps": options.emt_steps}
+        embedded = {
+            "systems": options.systems,
+            "emt_steps": options.emt_steps,
+            "frames": asdict(_frame_counts(options)),
+        }
         return {"source": "embedded EMT demo", **embedded, **common}
     files = expand_inputs(options.data)  # names a missing path or an empty folder
     return {
@@ -117,6 +121,14 @@ def _val_count(n_systems: int, val_fraction: float) -> int:
     return len(split_systems([str(i) for i in range(n_systems)], val_fraction)[1])
 
 
+def _frame_counts(options: DemoOptions):
+    from ocp_graphpar.tools.data.demo import DEFAULT_FRAMES, FrameCounts
+
+    return FrameCounts(
+        relaxation=DEFAULT_FRAMES.relaxation, md=options.md_frames, rattled=options.rattled_frames
+    )
+
+
 def _embedded_dataset(options: DemoOptions, out: Path):
     from ocp_graphpar.tools.data import make_demo_dataset
 
@@ -137,6 +149,7 @@ def _embedded_dataset(options: DemoOptions, out: Path):
         linear_reference=True,
         overwrite=True,
         max_steps=options.emt_steps,
+        counts=_frame_counts(options),
     )
 
 
@@ -196,9 +209,19 @@ def _batch_size() -> int:
 # ----------------------------------------------------------------------------- 2. train
 
 
+#: Learning-rate schedule, as fractions of the run (fairchem's warm-up and step decay, the form
+#: of the OC20 GemNet configs): linear warm-up from ``warmup_factor`` x the initial rate over
+#: the first 5% of the steps, then x ``lr_gamma`` (the config's) at 60% and at 85% of them.
+WARMUP_FRACTION = 0.05
+MILESTONE_FRACTIONS = (0.6, 0.85)
+#: fairchem reads milestones below 100 as epochs, a form it refuses: shorter runs skip them.
+FAIRCHEM_MIN_MILESTONE = 100
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """Whole epochs near the asked-for steps, with validation and checkpoint intervals.
+    """Whole epochs near the asked-for steps, with validation and checkpoint intervals and the
+    learning-rate schedule.
 
     fairchem validates every ``eval_every`` steps and checkpoints every ``checkpoint_every``
     steps, not at the end: ``checkpoint_every`` divides the total so the final weights are
@@ -211,6 +234,19 @@ class Schedule:
     total_steps: int
     eval_every: int
     checkpoint_every: int
+    warmup_steps: int
+    lr_milestones: tuple[int, ...]
+
+    def overrides(self) -> list[str]:
+        """The fairchem options that run this schedule."""
+        milestones = ",".join(map(str, self.lr_milestones))
+        return [
+            f"--optim.max_epochs={self.epochs}",
+            f"--optim.eval_every={self.eval_every}",
+            f"--optim.checkpoint_every={self.checkpoint_every}",
+            f"--optim.warmup_steps={self.warmup_steps}",
+            f"--optim.lr_milestones=[{milestones}]",
+        ]
 
 
 def training_schedule(train_frames: int, batch_size: int, steps: int, evaluations: int) -> Schedule:
@@ -226,7 +262,16 @@ def training_schedule(train_frames: int, batch_size: int, steps: int, evaluation
     # At every validation at least, but not more often than every MIN_CHECKPOINT_INTERVAL steps.
     interval = min(MIN_CHECKPOINT_INTERVAL, eval_every)
     checkpoint_every = min(d for d in divisors if d >= interval)
-    return Schedule(epochs, per_epoch, total, eval_every, checkpoint_every)
+    milestones = (round(fraction * total) for fraction in MILESTONE_FRACTIONS)
+    return Schedule(
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        total_steps=total,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        warmup_steps=max(1, round(WARMUP_FRACTION * total)),
+        lr_milestones=tuple(m for m in milestones if m >= FAIRCHEM_MIN_MILESTONE),
+    )
 
 
 def train_inputs(options: DemoOptions, data_fingerprint: str) -> dict:
@@ -258,7 +303,8 @@ def train(options: DemoOptions, paths: DemoPaths, data: dict, resume: bool) -> d
     print(
         f"{schedule.total_steps} steps = {schedule.epochs} epoch(s) x {schedule.steps_per_epoch}; "
         f"validation every {schedule.eval_every} steps, checkpoint every "
-        f"{schedule.checkpoint_every}"
+        f"{schedule.checkpoint_every}; learning-rate warm-up {schedule.warmup_steps} steps, "
+        f"decay at {list(schedule.lr_milestones) or 'none (too short a run)'}"
     )
     checkpoint = paths.checkpoint if resume and paths.checkpoint.is_file() else None
     resumed_from = checkpoint_step(checkpoint) if checkpoint is not None else None
@@ -268,12 +314,7 @@ def train(options: DemoOptions, paths: DemoPaths, data: dict, resume: bool) -> d
         if resume:
             print("the interrupted run left no checkpoint: training from the start")
         _fresh(paths.train)  # nothing of an earlier attempt may leak into this run's logs
-    overrides = [
-        *_dataset_overrides(paths),
-        f"--optim.max_epochs={schedule.epochs}",
-        f"--optim.eval_every={schedule.eval_every}",
-        f"--optim.checkpoint_every={schedule.checkpoint_every}",
-    ]
+    overrides = [*_dataset_overrides(paths), *schedule.overrides()]
     if data["val_frames"] > VAL_SAMPLE_FRAMES:
         overrides.append(f"--dataset.val.sample_n={VAL_SAMPLE_FRAMES}")
         print(f"validation during training on {VAL_SAMPLE_FRAMES} of {data['val_frames']} frames")
@@ -305,8 +346,10 @@ def predict_inputs(train_fingerprint: str) -> dict:
 
 
 def predict(paths: DemoPaths, trained: dict) -> dict:
-    """S2EF energies and forces of every validation frame (``fairchem --mode predict``)."""
+    """S2EF energies and forces of every validation frame (``fairchem --mode predict``), scored
+    beside the zero-force and per-element-reference baselines."""
     from ocp_graphpar.tools.export import resolve_prediction_file
+    from ocp_graphpar.tools.report import score_s2ef_predictions
 
     _fresh(paths.predict)
     test_set = paths.data / "s2ef" / "val"
@@ -322,40 +365,17 @@ def predict(paths: DemoPaths, trained: dict) -> dict:
     )  # fmt: skip
     run_streamed(command, paths.logs / "predict.log")
     predictions = resolve_prediction_file("s2ef", paths.predict)
-    metrics = prediction_errors(predictions, test_set)
+    scores = score_s2ef_predictions(predictions, test_set)
     print(
-        f"on all {metrics['frames']} validation frames: energy MAE {metrics['energy_mae']:.4f} eV, "
-        f"force MAE {metrics['forces_mae']:.4f} eV/Å"
+        f"on all {scores.frames} validation frames: force MAE {scores.forces_mae:.4f} eV/Å "
+        f"({scores.forces_over_zero_force:.0%} of predicting zero forces), energy MAE "
+        f"{scores.energy_mae:.4f} eV ({scores.energy_over_reference:.0%} of predicting the "
+        f"per-element reference energy), force cosine {scores.forces_cosine:.3f}"
     )
     return {
         "predictions": paths.relative(predictions),
         "test_set": paths.relative(test_set),
-        "metrics": metrics,
-    }
-
-
-def prediction_errors(predictions: Path, lmdb_dir: Path) -> dict:
-    """Energy MAE and free-atom force MAE (over components, as fairchem's ``forces_mae``) of an
-    S2EF prediction file against the LMDB it predicted."""
-    import numpy as np
-    from fairchem.core.datasets import LmdbDataset
-
-    with np.load(predictions) as loaded:
-        ids, energy = loaded["ids"], loaded["energy"].reshape(-1)
-        forces = np.split(loaded["forces"], loaded["chunk_idx"])
-    row = {str(i): k for k, i in enumerate(ids)}
-    dataset = LmdbDataset({"src": str(lmdb_dir)})
-    energy_errors, force_errors = [], []
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        k = row[f"{int(sample.sid)}_{int(sample.fid)}"]
-        energy_errors.append(abs(float(energy[k]) - float(sample.energy)))
-        free = (sample.fixed == 0).numpy()
-        force_errors.append(np.abs(forces[k] - sample.forces.numpy()[free]).ravel())
-    return {
-        "frames": len(dataset),
-        "energy_mae": float(np.mean(energy_errors)),
-        "forces_mae": float(np.concatenate(force_errors).mean()),
+        "metrics": scores.as_dict(),
     }
 
 

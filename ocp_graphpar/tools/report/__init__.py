@@ -6,5 +6,13 @@ from ocp_graphpar.tools.report.curves import (
     read_learning_curves,
     zero_force_mae,
 )
+from ocp_graphpar.tools.report.scores import S2EFScores, score_s2ef_predictions
 
-__all__ = ["LearningCurves", "plot_learning_curves", "read_learning_curves", "zero_force_mae"]
+__all__ = [
+    "LearningCurves",
+    "S2EFScores",
+    "plot_learning_curves",
+    "read_learning_curves",
+    "score_s2ef_predictions",
+    "zero_force_mae",
+]

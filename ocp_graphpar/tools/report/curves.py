@@ -75,31 +75,37 @@ def plot_learning_curves(
     *,
     title: str,
     zero_force_baseline: float | None = None,
+    reference_energy_baseline: float | None = None,
 ) -> Path:
-    """A PNG with the training loss and the validation force MAE against the step."""
+    """A PNG with the training loss, and the force and energy MAE against the step, beside the
+    baselines given (predicting zero forces; the per-element reference energy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, mae_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (loss_ax, force_ax, energy_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
     steps, loss = curves["train/loss"]
     loss_ax.plot(steps, loss, lw=1, color="tab:blue")
     loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
-    for tag, label, color in (
-        ("train/forces_mae", "train (running mean)", "tab:blue"),
-        ("val/forces_mae", "validation", "tab:orange"),
+    for ax, quantity, baseline, baseline_label, unit in (
+        (force_ax, "forces", zero_force_baseline, "predict zero forces (val)", "eV/Å"),
+        (energy_ax, "energy", reference_energy_baseline, "per-element reference (val)", "eV"),
     ):
-        if tag in curves.scalars:
-            steps, mae = curves[tag]
-            style = {"lw": 1, "alpha": 0.6} if tag.startswith("train") else {"marker": "o"}
-            mae_ax.plot(steps, mae, label=label, color=color, **style)
-    if zero_force_baseline is not None:
-        mae_ax.axhline(
-            zero_force_baseline, ls="--", color="gray", label="predict zero forces (val)"
-        )
-    mae_ax.set(xlabel="step", ylabel="force MAE (eV/Å)", yscale="log", title="force MAE")
-    mae_ax.legend()
+        for split, label, color in (
+            ("train", "train (running mean)", "tab:blue"),
+            ("val", "validation", "tab:orange"),
+        ):
+            tag = f"{split}/{quantity}_mae"
+            if tag in curves.scalars:
+                steps, mae = curves[tag]
+                style = {"lw": 1, "alpha": 0.6} if split == "train" else {"marker": "o"}
+                ax.plot(steps, mae, label=label, color=color, **style)
+        if baseline is not None:
+            ax.axhline(baseline, ls="--", color="gray", label=baseline_label)
+        ax.set(xlabel="step", ylabel=f"{quantity} MAE ({unit})", yscale="log",
+               title=f"{quantity} MAE")  # fmt: skip
+        ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     out = Path(out)
