@@ -4,6 +4,12 @@ over to data a user brings (``make demo DATA=...``).
 Each file is one system on an fcc(110) slab (a facet the embedded set lacks): Langevin MD at
 800 K from the unrelaxed structure, then a BFGS relaxation from the last MD frame, every step a
 frame, with raw EMT energies and forces and no tags (the data tools derive them).
+
+Systems cycle through ``pairs`` metal-adsorbate pairs on different sites, so a held-out system's
+pair occurs in training on another site (its chemistry is covered, as the embedded set's is). On
+pairs never seen in training a small model cannot know the adsorbate's forces: measured on 16
+systems of 16 distinct pairs, the slab atoms' forces are learned (0.16 eV/Å against 0.54 for
+zero forces in MD frames) and the adsorbate's are not (0.69 against 0.76).
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.optimize import BFGS
 
-METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt")
-ADSORBATES = {"H": [("H", 0.0)], "O": [("O", 0.0)], "N": [("N", 0.0)], "C": [("C", 0.0)],
-              "OH": [("O", 0.0), ("H", 0.97)], "CO": [("C", 0.0), ("O", 1.15)]}  # fmt: skip
+METALS = ("Cu", "Pd", "Pt", "Ag")
+ADSORBATES = {"H": [("H", 0.0)], "O": [("O", 0.0)], "C": [("C", 0.0)],
+              "OH": [("O", 0.0), ("H", 0.97)]}  # fmt: skip
 SITES = ("ontop", "longbridge", "shortbridge", "hollow")
 TEMPERATURE_K = 800.0
 
 
-def md_then_relaxation(index: int, *, md_steps: int = 60, relax_steps: int = 60) -> list[Atoms]:
+def md_then_relaxation(
+    index: int, *, pairs: int = 8, md_steps: int = 60, relax_steps: int = 60
+) -> list[Atoms]:
     """The frames of system ``index``: ``md_steps`` MD steps, then at most ``relax_steps``."""
     rng = np.random.default_rng([11, index])
-    metal = METALS[index % len(METALS)]
-    adsorbate = list(ADSORBATES)[(index * 5 + index // len(METALS)) % len(ADSORBATES)]
+    pair = index % pairs
+    metal = METALS[pair % len(METALS)]
+    adsorbate = list(ADSORBATES)[(pair + pair // len(METALS)) % len(ADSORBATES)]
     slab = fcc110(metal, size=(2, 3, 4), vacuum=8.0)
     fixed = slab.get_tags() > 2
     add_adsorbate(
@@ -41,7 +50,7 @@ def md_then_relaxation(index: int, *, md_steps: int = 60, relax_steps: int = 60)
             [s for s, _ in ADSORBATES[adsorbate]], [(0, 0, dz) for _, dz in ADSORBATES[adsorbate]]
         ),
         float(rng.uniform(1.5, 2.0)),
-        position=SITES[index % len(SITES)],
+        position=SITES[(index + index // pairs) % len(SITES)],
     )
     slab.set_tags(np.zeros(len(slab), dtype=int))  # no tags: the data tools derive them
     slab.set_constraint(FixAtoms(indices=np.flatnonzero(fixed)))
@@ -71,14 +80,14 @@ def md_then_relaxation(index: int, *, md_steps: int = 60, relax_steps: int = 60)
     return frames
 
 
-def write_trajectories(out: Path, systems: int, **lengths: int) -> list[Path]:
+def write_trajectories(out: Path, systems: int, **options: int) -> list[Path]:
     """``systems`` trajectory files ``out/emt110_NN.traj``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(systems):
         path = out / f"emt110_{index:02d}.traj"
         with Trajectory(str(path), "w") as trajectory:
-            for frame in md_then_relaxation(index, **lengths):
+            for frame in md_then_relaxation(index, **options):
                 trajectory.write(frame)
         paths.append(path)
     return paths

@@ -90,9 +90,15 @@ def covering_split_seed(
 def in_domain_split_seed(
     systems: Sequence[System], val_fraction: float = 0.2, max_tries: int = 10_000
 ) -> int:
-    """The first split seed whose validation systems contain only elements that the training
-    systems also contain (as OC20's in-domain split): a model cannot learn an element it never
-    saw, so such a validation set would measure nothing but that."""
+    """The first split seed under which every validation system's chemistry was seen in
+    training, as in OC20's in-domain split: its set of elements (adsorbate and catalyst
+    together) is some training system's, or, when no split of these systems allows that, each
+    of its elements occurs in training. A model cannot learn an element, or an adsorbate on a
+    catalyst, it never saw, so a validation set without them measures little but that."""
+    compositions = {s.name: {frozenset(s.numbers.tolist())} for s in systems}
+    seed = covering_split_seed(compositions, val_fraction, max_tries)
+    if seed is not None:
+        return seed
     elements = {s.name: set(s.numbers.tolist()) for s in systems}
     seed = covering_split_seed(elements, val_fraction, max_tries)
     if seed is None:
