@@ -103,7 +103,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_SYSTEMS,
         metavar="N",
-        help="number of systems (default: %(default)s, about 960 frames)",
+        help="number of systems (default: %(default)s, about 770 frames)",
     )
     demo.add_argument(
         "--max-steps",

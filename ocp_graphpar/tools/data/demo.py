@@ -83,7 +83,7 @@ _MD_FRICTION = 0.02 / units.fs
 _MD_BURN_IN = 10  # MD steps before the first frame
 _MD_STRIDE = 5  # MD steps between frames (10 fs)
 
-DEFAULT_SYSTEMS = 40  # about 960 frames, half a minute on 2 cores
+DEFAULT_SYSTEMS = 32  # about 770 frames, half a minute on 2 cores
 DEFAULT_FMAX = 0.05  # eV/Å
 DEFAULT_MAX_STEPS = 100  # BFGS steps per relaxation at most
 DEFAULT_RELAXATION_FRAMES = 10  # evenly spaced relaxation steps kept per system, ends included

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ocp_graphpar.tools.data.demo import DEFAULT_FRAMES
+from ocp_graphpar.tools.data.demo import DEFAULT_FRAMES, DEFAULT_SYSTEMS
 from ocp_graphpar.tools.demo.launcher import REPO
 
 S2EF_CONFIG = REPO / "configs" / "s2ef" / "gemnet_xl_demo.yml"
@@ -35,7 +35,7 @@ class DemoOptions:
     out: Path
     data: tuple[Path, ...] = ()
     restart: bool = False
-    systems: int = 32
+    systems: int = DEFAULT_SYSTEMS
     emt_steps: int = 100
     md_frames: int = DEFAULT_FRAMES.md
     rattled_frames: int = DEFAULT_FRAMES.rattled
