@@ -20,12 +20,13 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import add_adsorbate, fcc110
 from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 from ase.io import Trajectory
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.optimize import BFGS
+
+from ocp_graphpar.tools.data.emt_frames import labelled
 
 METALS = ("Cu", "Pd", "Pt", "Ag")
 ADSORBATES = {"H": [("H", 0.0)], "O": [("O", 0.0)], "C": [("C", 0.0)],
@@ -59,13 +60,7 @@ def md_then_relaxation(
     frames: list[Atoms] = []
 
     def record() -> None:
-        frame = slab.copy()
-        frame.calc = SinglePointCalculator(
-            frame,
-            energy=slab.get_potential_energy(),
-            forces=slab.get_forces(apply_constraint=False),
-        )
-        frames.append(frame)
+        frames.append(labelled(slab))
 
     MaxwellBoltzmannDistribution(slab, temperature_K=TEMPERATURE_K, rng=rng)
     md = Langevin(

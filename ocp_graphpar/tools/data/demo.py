@@ -28,14 +28,9 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.build import add_adsorbate, fcc100, fcc111
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-from ase.optimize import BFGS
 from tqdm import tqdm
 
 from ocp_graphpar.errors import UserFacingError
@@ -44,6 +39,12 @@ from ocp_graphpar.tools.data.convert import (
     check_val_fraction,
     covering_split_seed,
     systems_to_lmdbs,
+)
+from ocp_graphpar.tools.data.emt_frames import (
+    DEFAULT_FMAX,
+    md_frames,
+    rattled_frames,
+    relaxation_frames,
 )
 from ocp_graphpar.tools.data.lmdb_writer import check_output_target
 from ocp_graphpar.tools.data.samples import (
@@ -77,14 +78,8 @@ _SIZES = ((2, 2, 4), (3, 3, 3), (3, 3, 4))  # (x, y, layers): 17 to 38 atoms wit
 _FREE_LAYERS = 2  # top layers left free; the rest are fixed, as OC20's subsurface
 _VACUUM = 9.0  # Å on each side of the slab
 _TEMPERATURES_K = (300.0, 1000.0)  # MD temperature range, drawn per system
-_RATTLE_STDEV = (0.05, 0.15)  # Å, range of the rattled frames' displacement per coordinate
-_MD_TIMESTEP = 2.0 * units.fs  # H is the lightest atom
-_MD_FRICTION = 0.02 / units.fs
-_MD_BURN_IN = 10  # MD steps before the first frame
-_MD_STRIDE = 5  # MD steps between frames (10 fs)
 
 DEFAULT_SYSTEMS = 32  # about 770 frames, half a minute on 2 cores
-DEFAULT_FMAX = 0.05  # eV/Å
 DEFAULT_MAX_STEPS = 100  # BFGS steps per relaxation at most
 DEFAULT_RELAXATION_FRAMES = 10  # evenly spaced relaxation steps kept per system, ends included
 DEFAULT_MD_FRAMES = 10
@@ -172,66 +167,12 @@ def build_demo_atoms(recipe: DemoRecipe) -> Atoms:
     return slab
 
 
-def _labelled(atoms: Atoms) -> Atoms:
-    """A copy of ``atoms`` carrying its raw EMT energy and forces (constraints not applied)."""
-    frame = atoms.copy()
-    frame.calc = SinglePointCalculator(
-        frame,
-        energy=atoms.get_potential_energy(),
-        forces=atoms.get_forces(apply_constraint=False),
-    )
-    return frame
-
-
 def relax_demo_system(
     recipe: DemoRecipe, fmax: float = DEFAULT_FMAX, max_steps: int = DEFAULT_MAX_STEPS
 ) -> list[Atoms]:
-    """Relax one demo structure with EMT + BFGS; every step (initial one included) is a frame.
-
-    Frames carry a SinglePointCalculator with the raw EMT energy and forces.
-    """
-    atoms = build_demo_atoms(recipe)
-    atoms.calc = EMT()
-    frames: list[Atoms] = []
-    optimizer = BFGS(atoms, logfile=None)
-    # ASE calls observers before the first step and after each.
-    optimizer.attach(lambda: frames.append(_labelled(atoms)))
-    optimizer.run(fmax=fmax, steps=max_steps)
-    return frames
-
-
-def md_frames(recipe: DemoRecipe, relaxed: Atoms, count: int) -> list[Atoms]:
-    """``count`` frames of Langevin MD at ``recipe.temperature`` started at the relaxed
-    structure (fixed atoms stay fixed), one every ``_MD_STRIDE`` steps after a burn-in."""
-    atoms = relaxed.copy()
-    atoms.calc = EMT()
-    rng = np.random.default_rng([recipe.rattle_seed, 1])
-    MaxwellBoltzmannDistribution(atoms, temperature_K=recipe.temperature, rng=rng)
-    dynamics = Langevin(
-        atoms, _MD_TIMESTEP, temperature_K=recipe.temperature, friction=_MD_FRICTION, rng=rng
-    )
-    frames = []
-    if count:
-        dynamics.run(_MD_BURN_IN)
-    for _ in range(count):
-        frames.append(_labelled(atoms))
-        dynamics.run(_MD_STRIDE)
-    return frames
-
-
-def rattled_frames(recipe: DemoRecipe, relaxed: Atoms, count: int) -> list[Atoms]:
-    """``count`` copies of the relaxed structure with the free atoms displaced at random."""
-    rng = np.random.default_rng([recipe.rattle_seed, 2])
-    free = np.ones(len(relaxed), dtype=bool)
-    free[relaxed.constraints[0].index] = False
-    frames = []
-    for _ in range(count):
-        atoms = relaxed.copy()
-        stdev = rng.uniform(*_RATTLE_STDEV)
-        atoms.positions[free] += rng.normal(scale=stdev, size=(int(free.sum()), 3))
-        atoms.calc = EMT()
-        frames.append(_labelled(atoms))
-    return frames
+    """The BFGS relaxation of one demo structure with EMT, every step (initial one included)
+    a frame carrying its raw EMT energy and forces."""
+    return relaxation_frames(build_demo_atoms(recipe), fmax=fmax, max_steps=max_steps)
 
 
 def demo_system_frames(
@@ -246,10 +187,11 @@ def demo_system_frames(
     relaxation = relax_demo_system(recipe, fmax=fmax, max_steps=max_steps)
     kept = np.unique(np.linspace(0, len(relaxation) - 1, counts.relaxation).round().astype(int))
     relaxed = relaxation[-1]
+    md_rng, rattle_rng = (np.random.default_rng([recipe.rattle_seed, k]) for k in (1, 2))
     return [
         *(relaxation[i] for i in kept[:-1]),
-        *md_frames(recipe, relaxed, counts.md),
-        *rattled_frames(recipe, relaxed, counts.rattled),
+        *md_frames(relaxed, temperature=recipe.temperature, count=counts.md, rng=md_rng),
+        *rattled_frames(relaxed, count=counts.rattled, rng=rattle_rng),
         relaxed,
     ]
 
