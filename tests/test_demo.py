@@ -53,6 +53,16 @@ def test_schedule_checkpoints_the_last_step(frames, steps, evaluations):
     assert f"--optim.lr_milestones=[{','.join(map(str, schedule.lr_milestones))}]" in overrides
 
 
+def test_the_demo_config_fits_its_normaliser():
+    from ocp_graphpar.tools.demo.options import S2EF_CONFIG
+    from ocp_graphpar.tools.demo.stages import resolved_config
+
+    normalizer = resolved_config(S2EF_CONFIG)["dataset"]["train"]["transforms"]["normalizer"]
+    # fairchem applies fixed values after a fit, so any beside it (say from an include) win
+    assert set(normalizer) == {"fit"}
+    assert normalizer["fit"]["targets"] == {"energy": {}, "forces": {"mean": 0.0}}
+
+
 def test_records_are_atomic_and_keyed_by_inputs(tmp_path):
     state = StageState(tmp_path)
     inputs = {"data": ["a.traj"], "steps": 10}

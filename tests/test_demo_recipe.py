@@ -41,6 +41,8 @@ def test_short_training_beats_predicting_zero_forces(source, tmp_path):
     trained = stages.train(options, paths, data, resume=False)
     scores = stages.predict(paths, trained)["metrics"]
     print(f"\n{source}: {data['train_frames']} training frames, {scores}")
+    log = (paths.logs / "train.log").read_text()
+    assert "Estimating mean and rmsd" in log and "rmsd=1.0." not in log  # the normaliser is fit
     assert scores["frames"] == data["val_frames"]
     assert scores["forces_over_zero_force"] <= SHORT_RUN_FORCE_RATIO[source]
     assert scores["forces_cosine"] > 0.5
