@@ -16,7 +16,12 @@ from ocp_graphpar.tools.bench.contenders import build_contender
 from ocp_graphpar.tools.bench.measure import measure_contender
 from ocp_graphpar.tools.bench.suite import load_batch
 from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes, model_state
-from ocp_graphpar.tools.plan.trace import WIDTHS, model_graph_size, trace_model
+from ocp_graphpar.tools.plan.trace import (
+    WIDTHS,
+    model_graph_size,
+    precomputed_graph,
+    trace_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def demo_gemnet() -> dict:
     config = dict(load_config(str(REPO / "configs/s2ef/gemnet_xl_demo.yml"))[0]["model"])
     config.pop("name")
-    return {**config, "otf_graph": False}
+    return {**config, **precomputed_graph("gemnet")}
 
 
 # DimeNet++ at widths between the tests' tiny model and the demo (a small sympy basis, so the

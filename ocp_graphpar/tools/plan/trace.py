@@ -126,13 +126,20 @@ def model_graph_size(family: str, model: torch.nn.Module, batch) -> dict[str, in
     }
 
 
+def precomputed_graph(family: str) -> dict:
+    """Model settings for a batch that carries its graph: the model reads the batch's edges,
+    and upstream GemNet-T then accepts only its default ``max_neighbors`` (an assertion),
+    whatever a config trains with (the demo config: 20)."""
+    return {"otf_graph": False, **({"max_neighbors": 50} if family == "gemnet" else {})}
+
+
 def trace_model(family: str, model_config: dict) -> Trace:
     """Trace the probe of ``model_config`` (one process, one training step, a few seconds)."""
     from ocp_graphpar.tools.bench.contenders import build_contender
     from ocp_graphpar.tools.bench.measure import training_step
     from ocp_graphpar.tools.bench.memory import LiveTensorBytes
 
-    config = {**model_config, "otf_graph": False}
+    config = {**model_config, **precomputed_graph(family)}
     batch = probe_batch()
     with _symbolic_bases_computed_once():
         narrow = build_contender("ours", family, {**config, **_narrow(family, config)})
