@@ -27,7 +27,7 @@ class S2EFScores:
     frames: int
     energy_mae: float  # eV
     forces_mae: float  # eV/Å, over force components, as fairchem's forces_mae
-    forces_cosine: float  # mean over atoms of cos(predicted, target force)
+    forces_cosine: float  # mean over atoms of cos(predicted, target force); NaN if none has one
     zero_force_mae: float  # eV/Å
     reference_energy_mae: float  # eV
 
@@ -75,11 +75,12 @@ def score_s2ef_predictions(
         force_errors.append(np.abs(forces[k] - target).ravel())
         stored_forces.append(np.abs(target).ravel())
         cosines.append(_cosines(forces[k], target))
+    cosine = np.concatenate(cosines)  # empty when every predicted force is zero: no direction
     return S2EFScores(
         frames=len(dataset),
         energy_mae=float(np.mean(energy_errors)),
         forces_mae=float(np.concatenate(force_errors).mean()),
-        forces_cosine=float(np.concatenate(cosines).mean()),
+        forces_cosine=float(cosine.mean()) if cosine.size else float("nan"),
         zero_force_mae=float(np.concatenate(stored_forces).mean()),
         reference_energy_mae=float(np.mean(stored_energies)),
     )
