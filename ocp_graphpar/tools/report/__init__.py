@@ -4,7 +4,6 @@ from ocp_graphpar.tools.report.curves import (
     LearningCurves,
     plot_learning_curves,
     read_learning_curves,
-    zero_force_mae,
 )
 from ocp_graphpar.tools.report.scores import S2EFScores, score_s2ef_predictions
 
@@ -14,5 +13,4 @@ __all__ = [
     "plot_learning_curves",
     "read_learning_curves",
     "score_s2ef_predictions",
-    "zero_force_mae",
 ]

@@ -54,21 +54,6 @@ def read_learning_curves(run_dir: str | os.PathLike) -> LearningCurves:
     return curves
 
 
-def zero_force_mae(lmdb_dir: str | os.PathLike) -> float:
-    """Force MAE (eV/Å) of predicting zero forces on an S2EF LMDB folder, over the free atoms'
-    components: the ``forces_mae`` a model that learned nothing about forces would score."""
-    from fairchem.core.datasets import LmdbDataset
-
-    dataset = LmdbDataset({"src": str(lmdb_dir)})
-    total, count = 0.0, 0
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        forces = sample.forces[sample.fixed == 0]
-        total += float(forces.abs().sum())
-        count += forces.numel()
-    return total / count
-
-
 def plot_learning_curves(
     curves: LearningCurves,
     out: str | os.PathLike,
