@@ -34,9 +34,13 @@ def upstream_model(seed: int = 0) -> DimeNetPlusPlusWrap:
     return model
 
 
-def graph_parallel_model(seed: int = 0, **options) -> DimeNetPPXL:
+def graph_parallel_model(seed: int = 0, all_gather: bool = False, **options) -> DimeNetPPXL:
+    """DimeNet++-XL with upstream's weights; ``all_gather``: the benchmark's variant that
+    gathers every edge's features instead of the halo of down-projected ones."""
+    from ocp_graphpar.tools.bench.variants import AllGatherDimeNetPPXL
+
     upstream = upstream_model(seed)
-    model = DimeNetPPXL(**TINY, **options).double()
+    model = (AllGatherDimeNetPPXL if all_gather else DimeNetPPXL)(**TINY, **options).double()
     model.load_state_dict(upstream.state_dict(), strict=True)
     return model
 
@@ -48,7 +52,20 @@ def predict(model, batch) -> dict:
 
 
 def predict_graph_parallel(batch, options: dict | None = None) -> dict:
+    """Energies and forces, and the report of the energy's forward pass on this rank: its
+    collectives and the size of the input-edge halo."""
+    from ocp_graphpar.parallel import counting
+
     model = graph_parallel_model(**(options or {}))
     out = predict(model, batch)
-    out["report"] = model.last_forward
+    with counting() as comm:
+        sharded = model.sharded_forward(batch.clone())
+        sharded.plan.sum_over_systems(sharded.atom_energy)
+    out["report"] = {"comm": comm.as_dict(), "input_halo": _input_halo_rows(model, batch)}
     return out
+
+
+def _input_halo_rows(model, batch) -> int:
+    from ocp_graphpar.models.dimenetpp_xl.graph import build_triplet_graph
+
+    return build_triplet_graph(model, batch.clone()).input_halo.num_recv

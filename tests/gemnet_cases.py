@@ -63,7 +63,7 @@ def predict_graph_parallel(batch, overrides: dict) -> dict:
 def fit_scale_factors(batch) -> list[float]:
     """Fit every scale factor of a fresh GemNet-XL in call order, one at a time (as
     fairchem's fitting script does), and return the fitted values."""
-    from ocp_graphpar.models.gemnet_xl.scaling import fit_scale_factors as fit
+    from ocp_graphpar.models.scale_factors import fit_scale_factors as fit
 
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
@@ -72,8 +72,11 @@ def fit_scale_factors(batch) -> list[float]:
 
 
 def forward_report(batch, overrides: dict) -> dict:
-    """One forward pass; the model's own report of its partition and collectives."""
+    """One forward pass; the runtime's record of its partition and collectives."""
+    from ocp_graphpar.parallel import counting, recording_plans
+
     torch.set_default_dtype(torch.float64)
     model = graph_parallel_model(**overrides)
-    model(batch.clone())
-    return model.last_forward
+    with counting() as comm, recording_plans() as plans:
+        model(batch.clone())
+    return {"partition": plans[-1].stats, "comm": comm.as_dict()}

@@ -2,8 +2,23 @@
 
 Models build one :class:`PartitionPlan` per batch and read it in every layer; the collectives
 are autograd functions whose backward passes are their adjoints (see ``collectives``).
+
+=================  ===========================================================================
+module             concern
+=================  ===========================================================================
+``groups``         fairchem's GP/DP process groups, read (and set up for tests)
+``collectives``    sharded / partial / replicated transitions as autograd functions
+``balance``        which rank owns which atom: spatial order, equal work
+``halo``           rows a rank needs from peers, and their exchange
+``indexing``       owner/row/slot arithmetic shared by the builders
+``plan``           the plan types and what layers ask of them
+``partition``      building a batch's plan
+``stats``          collective traffic and built plans, for tests and benchmarks
+``testing``        spawned gloo worlds on CPU
+=================  ===========================================================================
 """
 
+from ocp_graphpar.parallel.balance import WorkWeights, atom_work, index_split_owner
 from ocp_graphpar.parallel.collectives import (
     all_to_all,
     copy_replicated,
@@ -20,20 +35,13 @@ from ocp_graphpar.parallel.groups import (
     gp_group,
     gp_rank,
     gp_size,
-    is_graph_parallel,
     setup_groups,
     teardown_groups,
 )
-from ocp_graphpar.parallel.partition import (
-    Halo,
-    PartitionPlan,
-    PartitionStats,
-    WorkWeights,
-    atom_work,
-    build_partition,
-    index_split_owner,
-)
-from ocp_graphpar.parallel.stats import CommStats, comm_stats, counting
+from ocp_graphpar.parallel.halo import Halo
+from ocp_graphpar.parallel.partition import build_partition
+from ocp_graphpar.parallel.plan import PartitionPlan, PartitionStats
+from ocp_graphpar.parallel.stats import CommStats, comm_stats, counting, recording_plans
 
 __all__ = [
     "CommStats",
@@ -56,7 +64,7 @@ __all__ = [
     "gp_rank",
     "gp_size",
     "index_split_owner",
-    "is_graph_parallel",
+    "recording_plans",
     "reduce_partial",
     "reduce_scatter_rows",
     "setup_groups",

@@ -35,11 +35,6 @@ def dp_rank() -> int:
     return gp_utils.get_dp_rank() if gp_utils.initialized() else _world_rank()
 
 
-def is_graph_parallel() -> bool:
-    """True when collectives are needed: a GP group with more than one rank."""
-    return gp_size() > 1
-
-
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

@@ -128,19 +128,6 @@ class GlooWorld:
         self.close()
 
 
-def run_ranks(
-    fn: Callable[..., Any],
-    world_size: int,
-    *args: Any,
-    gp_size: int | None = None,
-    timeout_s: float = 300.0,
-    **kwargs: Any,
-) -> list[Any]:
-    """Start a world, call ``fn`` on every rank once, stop the world."""
-    with GlooWorld(world_size, timeout_s=timeout_s) as world:
-        return world.run(fn, *args, gp_size=gp_size, **kwargs)
-
-
 def _serve(rank: int, world_size: int, port: int, threads: int, conn: Connection) -> None:
     import torch
     import torch.distributed as dist

@@ -10,13 +10,12 @@ rank needs is computed locally.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ocp_graphpar.parallel import Halo, PartitionPlan, WorkWeights, build_partition, copy_replicated
+from ocp_graphpar.parallel import Halo, PartitionPlan
 
 
 @dataclass
@@ -32,8 +31,6 @@ class TripletGraph:
         angle: ``(T,)`` angle of each owned triplet ``k -> j -> i``.
         idx_kj: ``(T,)`` input edge of each triplet, as a held-edge row.
         idx_ji: ``(T,)`` output edge of each triplet, as an owned-edge row.
-        atom_batch: ``(n_atoms,)`` system of each owned atom.
-        num_systems: systems in the batch.
     """
 
     plan: PartitionPlan
@@ -45,29 +42,22 @@ class TripletGraph:
     angle: Tensor
     idx_kj: Tensor
     idx_ji: Tensor
-    atom_batch: Tensor
-    num_systems: int
 
 
-def build_triplet_graph(
-    model, data, *, detach_angles: bool = False, weights: WorkWeights | None = None
-) -> TripletGraph:
-    """Partition ``data`` over the GP group and build this rank's DimeNet++ graph."""
-    pos = copy_replicated(data.pos)
-    view = copy.copy(data)
-    view.pos = pos
+def build_triplet_graph(model, data) -> TripletGraph:
+    """Partition ``data`` over the GP group and build this rank's DimeNet++ graph.
+
+    Args:
+        model: a :class:`~ocp_graphpar.models.DimeNetPPXL` (its graph settings and
+            ``detach_angles`` are read).
+        data: a fairchem batch.
+    """
+    view = model.replicated(data)
     graph = model.generate_graph(view)
     src, dst = graph.edge_index  # j -> i
     num_atoms = data.atomic_numbers.shape[0]
     in_degree = torch.bincount(dst, minlength=num_atoms)
-    plan = build_partition(
-        data.batch,
-        data.pos,
-        getattr(data, "cell", None),
-        graph.edge_index,
-        triplets_per_edge=in_degree[src],
-        weights=weights,
-    )
+    plan = model.partition(data, graph.edge_index, triplets_per_edge=in_degree[src])
     idx_kj, idx_ji = _owned_triplets(plan.edges, src, dst, graph.cell_offsets, in_degree)
 
     # Every rank that owns an edge j -> i needs every edge k -> j: pair each edge into j with
@@ -77,7 +67,7 @@ def build_triplet_graph(
     input_halo, held = plan.edge_halo(out_ranks[1][entry], wanted)
 
     held_edges = torch.cat([plan.edges, input_halo.recv_global])
-    angle = _angles(pos, src, dst, graph.offset_distances, idx_kj, idx_ji, detach_angles)
+    angle = _angles(view.pos, src, dst, graph.offset_distances, idx_kj, idx_ji, model.detach_angles)
     return TripletGraph(
         plan=plan,
         input_halo=input_halo,
@@ -88,9 +78,17 @@ def build_triplet_graph(
         angle=angle,
         idx_kj=held[idx_kj],
         idx_ji=held[idx_ji],
-        atom_batch=data.batch[plan.atoms],
-        num_systems=int(data.batch.max()) + 1,
     )
+
+
+def graph_size(model, data) -> dict[str, int]:
+    """Atoms, edges and triplets of this rank's graph, for the memory planner."""
+    graph = build_triplet_graph(model, data)
+    return {
+        "atoms": graph.plan.num_atoms,
+        "edges": graph.plan.num_edges,
+        "triplets": int(graph.idx_kj.numel()),
+    }
 
 
 def _owned_triplets(

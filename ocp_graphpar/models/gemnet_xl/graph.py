@@ -7,14 +7,13 @@ The radius graph and its symmetric edge order are built on every rank from the f
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from fairchem.core.models.gemnet.utils import repeat_blocks
 from torch import Tensor
 
-from ocp_graphpar.parallel import PartitionPlan, WorkWeights, build_partition, copy_replicated
+from ocp_graphpar.parallel import PartitionPlan
 
 
 @dataclass
@@ -23,18 +22,14 @@ class LocalGraph:
 
     Attributes:
         plan: the batch's partition plan.
-        pos: ``(N, 3)`` positions as the replicated input of this rank's graph.
         distance: ``(n_edges,)`` owned edge lengths ``D_st``.
         direction: ``(n_edges, 3)`` unit vectors ``V_st`` (target -> source, as upstream).
         idx_s: ``(n_edges,)`` source atoms as rows of ``plan.with_halo(...)``.
         idx_t: ``(n_edges,)`` target atoms as owned-atom rows.
         id3_ba, id3_ca, id3_ragged_idx: ``(T,)`` owned triplets ``b -> a <- c`` in local edges.
-        atom_batch: ``(n_atoms,)`` system of each owned atom.
-        num_systems: systems in the batch.
     """
 
     plan: PartitionPlan
-    pos: Tensor
     distance: Tensor
     direction: Tensor
     idx_s: Tensor
@@ -42,36 +37,24 @@ class LocalGraph:
     id3_ba: Tensor
     id3_ca: Tensor
     id3_ragged_idx: Tensor
-    atom_batch: Tensor
-    num_systems: int
 
 
-def build_local_graph(model, data, weights: WorkWeights | None = None) -> LocalGraph:
+def build_local_graph(model, data) -> LocalGraph:
     """Partition ``data`` over the GP group and build this rank's graph.
 
     Args:
-        model: a ``GemNetT`` (its graph settings and helpers are used as upstream uses them).
+        model: a :class:`~ocp_graphpar.models.GemNetXL` (its graph settings and upstream's
+            helpers are used as upstream uses them).
         data: a fairchem batch.
     """
-    pos = copy_replicated(data.pos)
-    view = copy.copy(data)
-    view.pos = pos
-    edge_index, distance, direction, id_swap = symmetric_edges(model, view)
-    plan = build_partition(
-        data.batch,
-        data.pos,
-        getattr(data, "cell", None),
-        edge_index,
-        reverse_edge=id_swap,
-        weights=weights,
-    )
+    edge_index, distance, direction, id_swap = symmetric_edges(model, model.replicated(data))
+    plan = model.partition(data, edge_index, reverse_edge=id_swap)
     idx_s, idx_t = plan.edge_src, plan.edge_dst
     id3_ba, id3_ca, id3_ragged_idx = model.get_triplets(
         torch.stack([idx_s, idx_t]), num_atoms=plan.num_atoms + plan.atom_halo.num_recv
     )
     return LocalGraph(
         plan=plan,
-        pos=pos,
         distance=distance[plan.edges],
         direction=direction[plan.edges],
         idx_s=idx_s,
@@ -79,9 +62,19 @@ def build_local_graph(model, data, weights: WorkWeights | None = None) -> LocalG
         id3_ba=id3_ba,
         id3_ca=id3_ca,
         id3_ragged_idx=id3_ragged_idx,
-        atom_batch=data.batch[plan.atoms],
-        num_systems=int(data.batch.max()) + 1,
     )
+
+
+def graph_size(model, data) -> dict[str, int]:
+    """Atoms, edges, triplets and the longest triplet list of an edge in this rank's graph
+    (GemNet-T drops edges without a reverse), for the memory planner."""
+    graph = build_local_graph(model, data)
+    return {
+        "atoms": graph.plan.num_atoms,
+        "edges": int(graph.idx_s.numel()),
+        "triplets": int(graph.id3_ba.numel()),
+        "kmax": int(graph.id3_ragged_idx.max()) + 1,
+    }
 
 
 def symmetric_edges(model, data) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,14 +1,16 @@
 """The models a benchmark compares, built on the same weights.
 
-``ours`` is GemNet-XL or DimeNet++-XL; the others are upstream fairchem 1.10 models with the
-same parameter names and shapes, loaded from ours' state dict:
+``ours`` is one of our graph-parallel models (see :mod:`ocp_graphpar.models.catalog`); the others
+are upstream fairchem 1.10 models with the same parameter names and shapes, loaded from ours'
+state dict:
 
 - ``gp_gemnet_t``: upstream's graph-parallel GemNet-T. Its forward reads ``graph.distance_vec``,
   which fairchem's ``GraphData`` does not have; :func:`upstream_gp_alias` adds that one name
   while the benchmark runs it, and nowhere else.
-- ``gemnet_t`` and ``dimenetplusplus``: upstream's single-process models (P = 1 only).
+- ``gemnet_t``, ``dimenetplusplus`` and ``painn``: upstream's single-process models (P = 1 only).
 - ``ours_all_gather``: DimeNet++-XL gathering every edge's features each block (the simple
-  design), to show what the halo of down-projected features saves.
+  design, :mod:`ocp_graphpar.tools.bench.variants`), to show what the halo of down-projected
+  features saves.
 """
 
 from __future__ import annotations
@@ -18,14 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-
-GP_OPTIONS = (
-    "activation_checkpointing",
-    "partition_weights",
-    "detach_angles",
-    "input_exchange",
-    "auto_fit_scale_factors",
-)
 
 
 @dataclass(frozen=True)
@@ -40,6 +34,7 @@ CONTENDERS = {
     "gp_gemnet_t": Contender("gp_gemnet_t", "upstream gp_gemnet_t", True),
     "gemnet_t": Contender("gemnet_t", "upstream gemnet_t", False),
     "dimenetplusplus": Contender("dimenetplusplus", "upstream dimenetplusplus", False),
+    "painn": Contender("painn", "upstream painn", False),
     "ours_all_gather": Contender("ours_all_gather", "ocp-graphpar, all-gather exchange", True),
 }
 
@@ -58,47 +53,43 @@ def upstream_gp_alias() -> Iterator[None]:
 
 def upstream_options(model_config: dict) -> dict:
     """``model_config`` without the options only our models take."""
-    return {key: value for key, value in model_config.items() if key not in GP_OPTIONS}
+    from ocp_graphpar.models.catalog import GRAPH_PARALLEL_OPTIONS
+
+    return {k: v for k, v in model_config.items() if k not in GRAPH_PARALLEL_OPTIONS}
 
 
 def build_contender(
     name: str, family: str, model_config: dict, seed: int = 0, dtype=torch.float32
 ) -> torch.nn.Module:
-    """Model ``name`` of ``family`` (``gemnet`` or ``dimenet``), weights drawn from ``seed``.
+    """Contender ``name`` for the model ``family`` (a key of the model catalog), weights drawn
+    from ``seed``.
 
     Every contender gets the weights ours would get from the same seed, so results differ only
     in how the model runs, never in what it computes.
     """
-    from ocp_graphpar.models import DimeNetPPXL, GemNetXL
+    from ocp_graphpar.models.catalog import model_spec
 
-    ours_class = GemNetXL if family == "gemnet" else DimeNetPPXL
-    ours_config = (
-        {**model_config, "auto_fit_scale_factors": False} if family == "gemnet" else model_config
-    )
+    spec = model_spec(family)
     torch.manual_seed(seed)
+    ours_class = spec.model
     if name == "ours_all_gather":
-        return DimeNetPPXL(**{**ours_config, "input_exchange": "all_gather"}).to(dtype)
-    ours = ours_class(**ours_config).to(dtype)
-    if name == "ours":
+        from ocp_graphpar.tools.bench.variants import AllGatherDimeNetPPXL
+
+        ours_class = AllGatherDimeNetPPXL
+    ours = ours_class(**{**model_config, **spec.build_options}).to(dtype)
+    if name in ("ours", "ours_all_gather"):
         return ours
-    upstream = _upstream_class(name, family)(**upstream_options(model_config)).to(dtype)
+    upstream = _upstream_class(name, spec)(**upstream_options(model_config)).to(dtype)
     upstream.load_state_dict(ours.state_dict(), strict=True)
     return upstream
 
 
-def _upstream_class(name: str, family: str):
-    from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap
-    from fairchem.core.models.gemnet.gemnet import GemNetT
-    from fairchem.core.models.gemnet_gp.gemnet import GraphParallelGemNetT
-
-    classes = {
-        ("gemnet", "gp_gemnet_t"): GraphParallelGemNetT,
-        ("gemnet", "gemnet_t"): GemNetT,
-        ("dimenet", "dimenetplusplus"): DimeNetPlusPlusWrap,
-    }
-    if (family, name) not in classes:
-        raise ValueError(f"no contender {name!r} for the {family} family")
-    return classes[family, name]
+def _upstream_class(name: str, spec) -> type[torch.nn.Module]:
+    if name == spec.upstream_registry_name:
+        return spec.upstream
+    if name == "gp_gemnet_t" and spec.upstream_graph_parallel is not None:
+        return spec.upstream_graph_parallel
+    raise ValueError(f"no contender {name!r} for the {spec.key} model")
 
 
 def running(name: str) -> contextlib.AbstractContextManager:

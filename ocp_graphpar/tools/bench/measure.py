@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
-from ocp_graphpar.parallel.groups import gp_rank
+from ocp_graphpar.parallel import gp_rank, recording_plans
 from ocp_graphpar.tools.bench.contenders import build_contender, running
 from ocp_graphpar.tools.bench.memory import step_activation_peak, tensor_bytes
 from ocp_graphpar.tools.bench.wire import count_wire_bytes
@@ -68,9 +68,10 @@ def measure_contender(
             count_wire_bytes() as wire,
             step_activation_peak(device) as peak,
             FlopCounterMode(display=False) as flops,
+            recording_plans() as plans,
         ):
             training_step(model, batch)
-        partition = getattr(model, "last_forward", {}).get("partition")
+        partition = plans[0].stats if plans else None
         times, cpu_times = [], []
         for _ in range(repeats):
             _barrier()

@@ -20,22 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.models.catalog import MODELS, model_spec
 
 # The model arguments that are widths: free to change in the probe without changing the
 # computation's structure. Everything else (blocks, layers, spherical order) stays as given.
-WIDTHS = {
-    "gemnet": (
-        "emb_size_atom",
-        "emb_size_edge",
-        "emb_size_trip",
-        "emb_size_rbf",
-        "emb_size_cbf",
-        "emb_size_bil_trip",
-        "num_radial",
-    ),
-    "dimenet": ("hidden_channels", "out_emb_channels", "int_emb_size", "basis_emb_size"),
-}
+WIDTHS = {key: spec.widths for key, spec in MODELS.items()}
 GRAPH_SYMBOLS = ("atoms", "edges", "triplets", "kmax")
 _PRIMES = [p for p in range(29, 2000) if all(p % q for q in range(2, int(p**0.5) + 1))]
 
@@ -72,14 +61,8 @@ class Trace:
 
 
 def family_of(model_name: str) -> str:
-    lowered = model_name.lower()
-    if "gemnet" in lowered:
-        return "gemnet"
-    if "dimenet" in lowered:
-        return "dimenet"
-    raise UserFacingError(
-        f"the planner knows GemNet-T and DimeNet++ models; model {model_name!r} is neither"
-    )
+    """The catalog key of the model a config names."""
+    return model_spec(model_name).key
 
 
 def probe_batch(radius: float = 3.2, max_neighbors: int = 14):
@@ -106,31 +89,14 @@ def probe_batch(radius: float = 3.2, max_neighbors: int = 14):
 def model_graph_size(family: str, model: torch.nn.Module, batch) -> dict[str, int]:
     """Atoms, edges, triplets and (GemNet) the longest triplet list of an edge, as the model
     itself builds its graph from ``batch`` (GemNet-T drops edges without a reverse)."""
-    if family == "gemnet":
-        from ocp_graphpar.models.gemnet_xl.graph import build_local_graph
-
-        graph = build_local_graph(model, batch.clone(), model.partition_weights)
-        return {
-            "atoms": graph.plan.num_atoms,
-            "edges": int(graph.idx_s.numel()),
-            "triplets": int(graph.id3_ba.numel()),
-            "kmax": int(graph.id3_ragged_idx.max()) + 1,
-        }
-    from ocp_graphpar.models.dimenetpp_xl.graph import build_triplet_graph
-
-    graph = build_triplet_graph(model, batch.clone(), weights=model.partition_weights)
-    return {
-        "atoms": graph.plan.num_atoms,
-        "edges": int(graph.plan.num_edges),
-        "triplets": int(graph.idx_kj.numel()),
-    }
+    return MODELS[family].graph_size(model, batch.clone())
 
 
 def precomputed_graph(family: str) -> dict:
-    """Model settings for a batch that carries its graph: the model reads the batch's edges,
-    and upstream GemNet-T then accepts only its default ``max_neighbors`` (an assertion),
-    whatever a config trains with (the demo config: 20)."""
-    return {"otf_graph": False, **({"max_neighbors": 50} if family == "gemnet" else {})}
+    """Model settings for a batch that carries its graph: the model reads the batch's edges
+    (upstream GemNet-T then accepts only its default ``max_neighbors``, an assertion, whatever
+    a config trains with; the demo config: 20)."""
+    return dict(MODELS[family].precomputed_graph)
 
 
 def trace_model(family: str, model_config: dict) -> Trace:
@@ -153,7 +119,7 @@ def trace_model(family: str, model_config: dict) -> Trace:
     with LiveTensorBytes(record_shapes=True) as tracker:
         training_step(model, batch)
     widths = {value: ((name,),) for name, value in markers.items()}
-    sizes = {value: ((name,),) for name, value in graph.items()}
+    sizes = {value: ((name,),) for name, value in graph.items() if value > 0}
     sizes.setdefault(int(batch.edge_index.shape[1]), (("edges",),))  # the input graph's edges
     readings = _readings(widths, sizes)
     parameters, missed_p = _formula(((p.shape, 1) for p in model.parameters()), readings)

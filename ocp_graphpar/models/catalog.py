@@ -1,0 +1,139 @@
+"""The one table tooling reads to find a model: its class, its upstream twin, its widths.
+
+Benchmarks, the memory planner and the demo look models up here (by key, registry name, class
+name or import path) and never branch on a model's name; a new model adds one row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap
+from fairchem.core.models.gemnet.gemnet import GemNetT
+from fairchem.core.models.painn.painn import PaiNN
+from torch import nn
+
+from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.models.dimenetpp_xl import graph as dimenetpp_graph
+from ocp_graphpar.models.dimenetpp_xl.model import DimeNetPPXL
+from ocp_graphpar.models.gemnet_xl import graph as gemnet_graph
+from ocp_graphpar.models.gemnet_xl.model import GemNetXL
+from ocp_graphpar.models.painn_xl import PaiNNXL, painn_graph_size
+
+#: Arguments only our models take (dropped when the same config builds the upstream twin).
+GRAPH_PARALLEL_OPTIONS = (
+    "activation_checkpointing",
+    "partition_weights",
+    "auto_fit_scale_factors",
+    "detach_angles",
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One graph-parallel model as tooling sees it.
+
+    Attributes:
+        key: short name in benchmark suites, results and plans (``"gemnet"``).
+        registry_name: name in fairchem's model registry (``"gemnet_xl"``).
+        model: the graph-parallel class.
+        upstream: fairchem's single-process model with the same parameter names.
+        upstream_registry_name: its name in fairchem's registry.
+        widths: constructor arguments that are widths (free to scale without changing the
+            computation's structure; the planner's probe replaces them).
+        graph_size: ``(model, batch) -> {"atoms", "edges", "triplets"[, "kmax"]}`` of this
+            rank's graph, as the model builds it.
+        precomputed_graph: settings under which the model reads a batch's stored edges.
+        build_options: settings every tool-built instance gets (e.g. no automatic fitting).
+        upstream_graph_parallel: fairchem's own graph-parallel twin, if it has one.
+    """
+
+    key: str
+    registry_name: str
+    model: type[nn.Module]
+    upstream: type[nn.Module]
+    upstream_registry_name: str
+    widths: tuple[str, ...]
+    graph_size: Callable[[nn.Module, object], dict[str, int]]
+    precomputed_graph: dict = field(default_factory=lambda: {"otf_graph": False})
+    build_options: dict = field(default_factory=dict)
+    upstream_graph_parallel: type[nn.Module] | None = None
+
+    @property
+    def names(self) -> set[str]:
+        """Every name a config may use for this model (ours or upstream's)."""
+        classes = (self.model, self.upstream)
+        return {
+            self.key,
+            self.registry_name,
+            self.upstream_registry_name,
+            *(cls.__name__ for cls in classes),
+            *(f"{cls.__module__}.{cls.__qualname__}" for cls in classes),
+            f"ocp_graphpar.models.{self.model.__name__}",
+        }
+
+
+def _upstream_gp_gemnet() -> type[nn.Module]:
+    from fairchem.core.models.gemnet_gp.gemnet import GraphParallelGemNetT
+
+    return GraphParallelGemNetT
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in (
+        ModelSpec(
+            key="gemnet",
+            registry_name="gemnet_xl",
+            model=GemNetXL,
+            upstream=GemNetT,
+            upstream_registry_name="gemnet_t",
+            widths=(
+                "emb_size_atom",
+                "emb_size_edge",
+                "emb_size_trip",
+                "emb_size_rbf",
+                "emb_size_cbf",
+                "emb_size_bil_trip",
+                "num_radial",
+            ),
+            graph_size=gemnet_graph.graph_size,
+            # upstream GemNet-T asserts its default max_neighbors when the graph is stored
+            precomputed_graph={"otf_graph": False, "max_neighbors": 50},
+            build_options={"auto_fit_scale_factors": False},
+            upstream_graph_parallel=_upstream_gp_gemnet(),
+        ),
+        ModelSpec(
+            key="dimenet",
+            registry_name="dimenetpp_xl",
+            model=DimeNetPPXL,
+            upstream=DimeNetPlusPlusWrap,
+            upstream_registry_name="dimenetplusplus",
+            widths=("hidden_channels", "out_emb_channels", "int_emb_size", "basis_emb_size"),
+            graph_size=dimenetpp_graph.graph_size,
+        ),
+        ModelSpec(
+            key="painn",
+            registry_name="painn_xl",
+            model=PaiNNXL,
+            upstream=PaiNN,
+            upstream_registry_name="painn",
+            widths=("hidden_channels", "num_rbf"),
+            graph_size=painn_graph_size,
+            build_options={"auto_fit_scale_factors": False},
+        ),
+    )
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The table row for a model named by key, registry name, class name or import path."""
+    for spec in MODELS.values():
+        if name in spec.names:
+            return spec
+    known = ", ".join(spec.registry_name for spec in MODELS.values())
+    raise UserFacingError(
+        f"model {name!r} is not one of ocp-graphpar's graph-parallel models ({known}) or their "
+        "upstream twins; a new model needs a row in ocp_graphpar/models/catalog.py."
+    )

@@ -1,0 +1,93 @@
+"""Halos: the rows a rank needs but a peer owns, and the exchange that brings them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ocp_graphpar.parallel.collectives import all_to_all
+from ocp_graphpar.parallel.indexing import rank_counts
+
+
+@dataclass(frozen=True)
+class Halo:
+    """Rows a rank needs but does not own, and the rows it sends to peers that need its own.
+
+    Attributes:
+        send_index: ``(n_send,)`` local rows to send, grouped by destination rank.
+        send_counts: rows sent to each GP rank, ``(P,)``.
+        recv_counts: rows received from each GP rank, ``(P,)``.
+        recv_global: ``(n_recv,)`` global ids of the received rows, in arrival order.
+    """
+
+    send_index: Tensor
+    send_counts: list[int]
+    recv_counts: list[int]
+    recv_global: Tensor
+
+    @property
+    def num_recv(self) -> int:
+        return sum(self.recv_counts)
+
+    @property
+    def num_send(self) -> int:
+        return sum(self.send_counts)
+
+    def exchange(self, owned: Tensor) -> Tensor:
+        """Rows of peers' owned tensors that this rank needs.
+
+        Args:
+            owned: ``(n_owned, *F)`` this rank's rows.
+        Returns:
+            ``(n_recv, *F)``; the gradient flows back to the owners (the reverse exchange).
+        """
+        return all_to_all(owned[self.send_index], self.send_counts, self.recv_counts)
+
+    def reverse(self, received: Tensor, num_owned: int) -> Tensor:
+        """The adjoint of :meth:`exchange`: send halo rows back and sum them into their owners.
+
+        Args:
+            received: ``(n_recv, *F)`` values attached to halo rows.
+        Returns:
+            ``(num_owned, *F)`` sums over every peer's rows for each owned row.
+        """
+        back = all_to_all(received, self.recv_counts, self.send_counts)
+        out = back.new_zeros((num_owned, *back.shape[1:]))
+        return out.index_add(0, self.send_index, back)
+
+
+def build_halo(
+    *,
+    requester: Tensor,
+    item: Tensor,
+    item_owner: Tensor,
+    item_local: Tensor,
+    size: int,
+    rank: int,
+) -> tuple[Halo, list[int]]:
+    """The halo of ``rank`` for (requester rank, item) pairs, and every rank's halo size.
+
+    Args:
+        requester, item: ``(M,)`` pairs (rank that needs the item, global item id), the same on
+            every rank; duplicates and pairs whose requester owns the item are dropped.
+        item_owner: ``(num_items,)`` owning rank of every item.
+        item_local: ``(num_items,)`` row of every item among its owner's items.
+    """
+    remote = item_owner[item] != requester
+    num_items = max(item_owner.numel(), 1)
+    key = torch.unique(requester[remote] * num_items + item[remote])  # sorted: by rank, then id
+    req, it = key // num_items, key % num_items
+    own = item_owner[it]
+
+    mine = req == rank
+    arrival = torch.argsort(own[mine], stable=True)
+    sending = own == rank
+    halo = Halo(
+        send_index=item_local[it[sending]],
+        send_counts=rank_counts(req[sending], size=size),
+        recv_counts=rank_counts(own[mine], size=size),
+        recv_global=it[mine][arrival],
+    )
+    return halo, rank_counts(req, size=size)
