@@ -63,7 +63,6 @@ def predict_graph_parallel(batch, overrides: dict) -> dict:
 def step_flops(batch, overrides: dict) -> int:
     """Matrix-multiply FLOPs of one training step (forward, loss, backward) on this rank."""
     from torch.utils.flop_counter import FlopCounterMode
-
     from training_cases import losses
 
     model = graph_parallel_model(**overrides)

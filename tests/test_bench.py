@@ -182,7 +182,8 @@ def test_the_shipped_suite_names_real_configs_and_contenders():
     for workload in suite.workloads:
         name = load_config(str(REPO / workload.config))[0]["model"]["name"]
         model = registry.get_model_class(name).__name__
-        assert {"GemNetXL": "gemnet", "DimeNetPPXL": "dimenet"}[model] == workload.family
+        families = {"GemNetXL": "gemnet", "DimeNetPPXL": "dimenet", "PaiNNXL": "painn"}
+        assert families[model] == workload.family
         assert set(workload.paired_timing) <= set(workload.contenders)
         assert all(s.startswith("../shared/data/oc20_mini/") for s in workload.systems)
 

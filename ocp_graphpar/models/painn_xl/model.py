@@ -15,6 +15,7 @@ from fairchem.core.common.registry import registry
 from fairchem.core.models.painn.painn import PaiNN, PaiNNMessage, PaiNNUpdate
 from fairchem.core.modules.scaling import ScaleFactor
 from torch import Tensor
+from torch_scatter import scatter
 
 from ocp_graphpar.models.base import GraphParallelModel, ShardedOutput
 from ocp_graphpar.parallel import PartitionPlan
@@ -44,9 +45,10 @@ def message(
         2
     )
     dvec = dvec * layer.inv_sqrt_h
+    # scatter's backward keeps only the index; index_add's would keep the (n_edges, 3, H) source
     return (
-        dx.new_zeros(n_atoms, hidden).index_add(0, plan.edge_dst, dx),
-        dvec.new_zeros(n_atoms, 3, hidden).index_add(0, plan.edge_dst, dvec),
+        scatter(dx, plan.edge_dst, dim=0, dim_size=n_atoms),
+        scatter(dvec, plan.edge_dst, dim=0, dim_size=n_atoms),
     )
 
 

@@ -278,15 +278,17 @@ def _load_table(runs: dict) -> list[str]:
         lines.append(
             f"| {size} | {_list(loads, 'atoms')} | {_list(loads, 'edges')} "
             f"| {_list(loads, 'triplets')} | {_list(loads, 'halo_atoms')} "
-            f"| {loads[0]['cut_edges']} | {_imbalance(loads, 'edges'):.3f} "
-            f"| {_imbalance(loads, 'triplets'):.3f} |"
+            f"| {loads[0]['cut_edges']} | {_imbalance(loads, 'edges')} "
+            f"| {_imbalance(loads, 'triplets')} |"
         )
     return [*lines, ""]
 
 
-def _imbalance(loads: list[dict], key: str) -> float:
+def _imbalance(loads: list[dict], key: str) -> str:
+    """max / mean of ``key`` over the ranks, or "-" for a model without such items."""
     counts = [load[key] for load in loads]
-    return max(counts) / (sum(counts) / len(counts))
+    total = sum(counts)
+    return f"{max(counts) / (total / len(counts)):.3f}" if total else "-"
 
 
 def _list(loads: list[dict], key: str) -> str:
