@@ -40,6 +40,20 @@ def atomic_writer(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[IO[
         raise
 
 
+def replace_durably(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the complete file ``source`` over ``target`` (same folder): its bytes reach the
+    disk first, and the rename itself is flushed, so that after a power loss too ``target`` is
+    the old file or the new one."""
+    with open(source, "rb") as stream:  # fsync needs a descriptor; read-only is enough
+        os.fsync(stream.fileno())
+    os.replace(source, target)
+    folder = os.open(Path(target).parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically."""
     with atomic_writer(path) as stream:

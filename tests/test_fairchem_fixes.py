@@ -1,26 +1,27 @@
-"""The fairchem-core 1.10 defects the plugin fixes stay fixed (each test fails without its fix)."""
+"""The fairchem-core 1.10 defects the plugin's trainer fixes stay fixed (each test fails without
+its fix), and importing the plugin leaves fairchem and torch as they were."""
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from fairchem.core.common import utils
 from fairchem.core.common.relaxation.optimizers.lbfgs_torch import LBFGS
-from fairchem.core.trainers import OCPTrainer, base_trainer
+from fairchem.core.trainers import OCPTrainer
 
-import ocp_graphpar  # noqa: F401  (installs the fixes)
+from ocp_graphpar.atomic import current_umask
+from ocp_graphpar.trainers import GraphParallelTrainer
 
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Unpicklable:
@@ -28,28 +29,60 @@ class Unpicklable:
         raise RuntimeError("killed while writing")
 
 
-def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
-    for save in (utils.save_checkpoint, base_trainer.save_checkpoint):
-        save({"step": 1, "weights": torch.ones(1000)}, str(tmp_path), "checkpoint.pt")
-        with pytest.raises(RuntimeError, match="killed while writing"):
-            save({"step": 2, "weights": torch.zeros(1000), "x": Unpicklable()}, str(tmp_path))
-        assert torch.load(tmp_path / "checkpoint.pt")["step"] == 1
-        assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
-        mode = (tmp_path / "checkpoint.pt").stat().st_mode & 0o777
-        assert mode == 0o666 & ~current_umask()  # as torch.save would create it, not 0600
+def bare_trainer(**attributes) -> GraphParallelTrainer:
+    """The plugin's trainer without ``__init__``: the attributes given, and what upstream's
+    ``save`` reads. The methods under test are the trainer's, over upstream's, unchanged."""
+    trainer = GraphParallelTrainer.__new__(GraphParallelTrainer)
+    model = torch.nn.Linear(4, 1)
+    defaults = {
+        "is_debug": False, "model": model, "normalizers": {}, "elementrefs": {}, "scaler": None,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "ema": None, "step": 1,
+        "epoch": 0.5, "scheduler": SimpleNamespace(scheduler_type="Null"),
+        "best_val_metric": 1e9, "evaluation_metrics": {},
+        "evaluator": SimpleNamespace(task_primary_metric={"ocp": "forces_mae"}),
+        "name": "ocp", "device": "cpu", "train_dataset": None,
+    }  # fmt: skip
+    vars(trainer).update({**defaults, **attributes})
+    return trainer
 
 
-def trainer_stub(results_dir) -> SimpleNamespace:
-    return SimpleNamespace(config={"cmd": {"results_dir": str(results_dir)}}, name="ocp")
+@pytest.mark.parametrize(
+    ("checkpoint_file", "training_state"),
+    [("checkpoint.pt", True), ("best_checkpoint.pt", False)],
+)
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(
+    tmp_path, checkpoint_file, training_state
+):
+    config = {"cmd": {"checkpoint_dir": str(tmp_path)}}
+    trainer = bare_trainer(config=config)
+    path = trainer.save(checkpoint_file=checkpoint_file, training_state=training_state)
+    assert path == str(tmp_path / checkpoint_file)
+
+    trainer.step, config["killed"] = 2, Unpicklable()  # torch.save fails half-way
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        trainer.save(checkpoint_file=checkpoint_file, training_state=training_state)
+    written = torch.load(tmp_path / checkpoint_file, weights_only=False)
+    assert written["config"]["cmd"]["checkpoint_dir"] == str(tmp_path)  # the real folder
+    assert written.get("step", 1) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint_file]
+    mode = (tmp_path / checkpoint_file).stat().st_mode & 0o777
+    assert mode == 0o666 & ~current_umask()  # as torch.save would create it, not 0600
+
+
+def test_only_the_master_rank_writes_checkpoints(tmp_path):
+    trainer = bare_trainer(config={"cmd": {"checkpoint_dir": str(tmp_path)}}, is_debug=True)
+    assert trainer.save() is None  # upstream writes nothing in a --debug run; neither do we
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_prediction_write_leaves_no_prediction_file(tmp_path, monkeypatch):
     predictions = {"ids": ["1_0", "2_0"], "energy": [1.0, 2.0]}
-    trainer = trainer_stub(tmp_path)
-    base_trainer.BaseTrainer.save_results(trainer, predictions, "predictions", ["ids", "energy"])
+    trainer = bare_trainer(config={"cmd": {"results_dir": str(tmp_path)}})
+    trainer.save_results(predictions, "predictions", ["ids", "energy"])
     with np.load(tmp_path / "ocp_predictions.npz") as written:
         assert written["ids"].tolist() == ["1_0", "2_0"]
     assert trainer.config["cmd"]["results_dir"] == str(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["ocp_predictions.npz"]
 
     def dies_while_writing(path, **arrays):
         with open(path, "wb") as stream:
@@ -57,20 +90,109 @@ def test_interrupted_prediction_write_leaves_no_prediction_file(tmp_path, monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr(np, "savez_compressed", dies_while_writing)
+    again = tmp_path / "again"
+    again.mkdir()  # upstream's __init__ creates results_dir
     with pytest.raises(KeyboardInterrupt):
-        base_trainer.BaseTrainer.save_results(trainer_stub(tmp_path / "again"), predictions, "p")
-    assert not (tmp_path / "again" / "ocp_p.npz").exists()
+        bare_trainer(config={"cmd": {"results_dir": str(again)}}).save_results(predictions, "p")
+    assert list(again.iterdir()) == []
 
 
-def test_relaxations_write_through_the_staged_results_folder():
-    assert getattr(OCPTrainer.run_relaxations, "_ocp_graphpar_fixed", False)
+def test_relaxations_write_through_the_staged_results_folder(tmp_path, monkeypatch):
+    """Upstream's ``run_relaxations`` (replaced here by a stand-in that writes where upstream
+    writes) sees a staging folder; the file appears in ``results_dir`` once complete."""
+    seen = []
+
+    def run_relaxations(self):
+        seen.append(self.config["cmd"]["results_dir"])
+        np.savez_compressed(Path(seen[-1]) / "relaxed_positions.npz", ids=["1"])
+
+    monkeypatch.setattr(OCPTrainer, "run_relaxations", run_relaxations)
+    trainer = bare_trainer(config={"cmd": {"results_dir": str(tmp_path)}})
+    trainer.run_relaxations()
+    assert seen == [str(tmp_path / ".partial")]
+    assert trainer.config["cmd"]["results_dir"] == str(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["relaxed_positions.npz"]
+
+
+def test_interrupted_normaliser_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    def trainer() -> GraphParallelTrainer:
+        normalizer = {"energy": {"mean": 1.0, "stdev": 2.0}}
+        return bare_trainer(
+            config={
+                "dataset": {"transforms": {"normalizer": normalizer}},
+                "cmd": {"checkpoint_dir": str(tmp_path), "seed": 0},
+            }
+        )
+
+    trainer().load_references_and_normalizers()
+    assert [p.name for p in tmp_path.iterdir()] == ["normalizers.pt"]
+    saved = torch.load(tmp_path / "normalizers.pt", weights_only=False)
+
+    def dies_while_writing(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer().load_references_and_normalizers()
+    assert [p.name for p in tmp_path.iterdir()] == ["normalizers.pt"]
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "normalizers.pt", weights_only=False).keys() == saved.keys()
 
 
 def test_relaxation_optimizer_settings_are_ones_fairchems_lbfgs_accepts():
     """fairchem passes ``task.relax_opt`` to ``LBFGS(**relax_opt)``; upstream's example configs
     carry a ``name`` key that makes it raise TypeError."""
-    from trainer_cases import REPO
-
     accepted = set(inspect.signature(LBFGS).parameters)
     settings = yaml.safe_load((REPO / "configs" / "is2rs" / "base.yml").read_text())
     assert set(settings["task"]["relax_opt"]) <= accepted
+
+
+UPSTREAM_SNAPSHOT = """
+import importlib, json, sys
+
+MODULES = [
+    "fairchem.core.common.utils", "fairchem.core.common.distutils",
+    "fairchem.core.common.gp_utils", "fairchem.core._cli",
+    "fairchem.core.trainers.base_trainer", "fairchem.core.trainers.ocp_trainer",
+    "fairchem.core.modules.normalization._load_utils",
+    "torch.distributed", "torch.distributed.distributed_c10d",
+]
+
+
+def snapshot():
+    callables = {}
+    for name in MODULES:
+        for attr, value in vars(importlib.import_module(name)).items():
+            if callable(value):
+                callables[f"{name}.{attr}"] = id(value)
+    from fairchem.core.trainers import BaseTrainer, OCPTrainer
+    for cls in (BaseTrainer, OCPTrainer):
+        for attr, value in vars(cls).items():
+            callables[f"{cls.__qualname__}.{attr}"] = id(value)
+    return callables
+
+
+before = snapshot()
+import ocp_graphpar
+import ocp_graphpar.datasets, ocp_graphpar.launch, ocp_graphpar.models
+import ocp_graphpar.parallel, ocp_graphpar.trainers
+after = snapshot()
+changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+print(json.dumps({"compared": len(before), "changed": changed}))
+"""
+
+
+def test_importing_the_plugin_leaves_fairchem_and_torch_untouched():
+    """Every callable of the modules the old import-time fixes patched, and every attribute of
+    fairchem's trainer classes, is the same object before and after importing the plugin (in a
+    fresh interpreter; the registry gaining the plugin's names is fairchem's extension point)."""
+    env = {k: v for k, v in os.environ.items() if k != "OCP_GRAPHPAR_CLI_HOOKS"}
+    done = subprocess.run(
+        [sys.executable, "-c", UPSTREAM_SNAPSHOT],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["compared"] > 500
+    assert result["changed"] == []

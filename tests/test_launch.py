@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from ocp_graphpar.launch import checkpoint_at_step_boundaries, preemption
+from ocp_graphpar.launch.slurm_cpu import slurm_port
 from ocp_graphpar.launch.startup_hook import PTH_LINE, hook_path
+from ocp_graphpar.trainers import preemption
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_fairchem_cli_refuses_more_gp_ranks_than_ranks():
     assert "--gp-gpus 4 is more than the 2 ranks" in message
 
 
-class LoopTrainer:
+class TrainingLoop:
     """The parts of fairchem's training loop the preemption handling touches."""
 
     def __init__(self):
@@ -54,6 +55,14 @@ class LoopTrainer:
     def _flush(self):
         self.flushed += 1
 
+    def train(self, disable_eval_tqdm: bool = False):
+        for i in range(10):  # as OCPTrainer.train: counter first, then forward/backward
+            self.step, self.epoch = i + 1, (i + 1) / 10
+            out = self._forward(i)
+            if self.step == 3:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            self._backward(out)
+
     def _forward(self, batch):
         return batch
 
@@ -61,9 +70,16 @@ class LoopTrainer:
         self.updates += 1  # the optimizer step
 
 
+class LoopTrainer(preemption.StepBoundaryPreemption, TrainingLoop):
+    """The trainer's preemption methods over that loop, as in GraphParallelTrainer's bases."""
+
+
 def test_preemption_signal_checkpoints_at_the_next_step_boundary(monkeypatch):
     """The signal lands after fairchem advanced its step counter to 3 but before step 3's
     optimizer update; the checkpoint must record 3 completed steps and 3 updates."""
+    from ocp_graphpar.trainers import GraphParallelTrainer
+
+    assert issubclass(GraphParallelTrainer, preemption.StepBoundaryPreemption)
     monkeypatch.setattr(preemption, "_submitit_signal", lambda: signal.SIGUSR2)
     seen = []
 
@@ -74,16 +90,27 @@ def test_preemption_signal_checkpoints_at_the_next_step_boundary(monkeypatch):
     trainer = LoopTrainer()
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
-        with pytest.raises(SystemExit), checkpoint_at_step_boundaries(trainer):
-            for i in range(10):  # as OCPTrainer.train: counter first, then forward/backward
-                trainer.step, trainer.epoch = i + 1, (i + 1) / 10
-                out = trainer._forward(i)
-                if trainer.step == 3:
-                    os.kill(os.getpid(), signal.SIGUSR2)
-                trainer._backward(out)
+        with pytest.raises(SystemExit):
+            trainer.train()
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # submitit's again
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert seen == [(3, 0.3, 3, 1)]  # and the metrics logged so far were written out
+
+
+def test_outside_a_submitit_job_training_is_upstreams():
+    trainer = LoopTrainer()
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)
+    try:
+        trainer.train()  # the signal at step 3 is handled at once, by the handler in place
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert (trainer.step, trainer.updates) == (10, 10)
+
+
+def test_slurm_cpu_jobs_get_a_port_per_job_and_requeue():
+    ports = {slurm_port(job_id=job, restart=r) for job in ("4242", "4243") for r in (0, 1)}
+    assert len(ports) == 4 and all(20000 <= port < 40000 for port in ports)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,9 @@ def demo_gemnet() -> dict:
 # models build in a second).
 DIMENET = {**DIMENET_TINY, "hidden_channels": 48, "out_emb_channels": 40, "int_emb_size": 16,
            "basis_emb_size": 6}  # fmt: skip
-CONFIGS = {"gemnet": demo_gemnet, "dimenet": lambda: dict(DIMENET)}
+PAINN = {"hidden_channels": 48, "num_layers": 2, "num_rbf": 16, "cutoff": 6.0,
+         "max_neighbors": 50, "otf_graph": False}  # fmt: skip
+CONFIGS = {"gemnet": demo_gemnet, "dimenet": lambda: dict(DIMENET), "painn": lambda: dict(PAINN)}
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +72,7 @@ def widths_of(family: str, config: dict) -> dict:
     return {name: config[name] for name in WIDTHS[family] if name in config}
 
 
-@pytest.mark.parametrize("family", ["gemnet", "dimenet"])
+@pytest.mark.parametrize("family", ["gemnet", "dimenet", "painn"])
 def test_parameter_formula_counts_the_real_model(traces, family):
     config = CONFIGS[family]()
     model = build_contender("ours", family, config)
@@ -82,7 +84,7 @@ def test_parameter_formula_counts_the_real_model(traces, family):
 
 
 @pytest.mark.parametrize("gp", [1, 2])
-@pytest.mark.parametrize("family", ["gemnet", "dimenet"])
+@pytest.mark.parametrize("family", ["gemnet", "dimenet", "painn"])
 def test_activation_estimate_within_20_percent_of_measured_peak(
     gloo_world, traces, oc20_batch, family, gp
 ):

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # fairchem task configs only: configs/bench holds benchmark suites, read by `ocp-graphpar bench`.
 CONFIGS = sorted(
     p
-    for task in ("s2ef", "is2rs")
+    for task in ("s2ef", "is2rs", "is2re")
     for p in (REPO / "configs" / task).glob("*.yml")
     if p.name != "base.yml"
 )
@@ -63,9 +63,14 @@ def test_importing_the_plugin_registers_short_names():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_config_names_a_registered_model(path):
     from fairchem.core.common.registry import registry
+    from fairchem.core.trainers import OCPTrainer
+
+    from ocp_graphpar.trainers import GraphParallelTrainer
 
     config = load(path)
-    assert config["trainer"] == "ocp"
+    assert config["trainer"] == "ocp_graphpar.trainers.GraphParallelTrainer"
+    trainer = registry.get_trainer_class(config["trainer"])
+    assert trainer is GraphParallelTrainer and issubclass(trainer, OCPTrainer)
     cls = registry.get_model_class(config["model"]["name"])
     assert cls.__module__.startswith("ocp_graphpar.models")
 
@@ -92,6 +97,7 @@ def parameter_count(path: Path) -> int:
         # The paper's "about 240M" for DimeNet++-XL; its stated widths with upstream's layer
         # counts give 219.4M (the paper does not publish the rest).
         ("dimenetpp_xl", 240e6, 0.10),
+        ("painn_xl", 306.0e6, 0.001),  # upstream PaiNN's OC20 architecture at hidden 2048
     ],
 )
 def test_parameter_counts(name, expected, tolerance):

@@ -1,4 +1,5 @@
-"""fairchem's OCPTrainer with graph-parallel models: exact steps, checkpoints across GP sizes."""
+"""fairchem's OCPTrainer and the plugin's subclass with graph-parallel models: exact steps,
+checkpoints across GP sizes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from oc20 import require_oc20_mini
 from tiny_data import TINY_FRAMES
 from trainer_cases import (
     data_overrides,
+    keeps_its_process_groups,
     loader_losses,
     losses_then_checkpoint,
     parameter_update,
@@ -16,6 +18,8 @@ from trainer_cases import (
 from ocp_graphpar.tools.data import make_demo_dataset, trajectories_to_lmdbs
 
 GEMNET = "s2ef/gemnet_xl_demo"
+GRAPH_PARALLEL_TRAINER = "ocp_graphpar.trainers.GraphParallelTrainer"  # what the configs name
+GLOBAL_IDS = [0, 3, 5, 8]  # at 2 DP x 2 GP, DP group 0 takes [0, 3], DP group 1 takes [5, 8]
 GP_OPTIONS = ("activation_checkpointing", "partition_weights", "auto_fit_scale_factors")
 
 
@@ -35,25 +39,38 @@ def relative_difference(update: dict, reference: dict, names) -> float:
     return (diff / scale) ** 0.5 if scale > 0 else diff**0.5
 
 
-def test_one_step_at_2dp_x_2gp_moves_parameters_as_one_process(gloo_world, demo_data, tmp_path):
-    """The update over all parameters agrees to 1e-5 in float32 (measured: 1.2e-6). Per tensor
-    the bound is 1e-3: AdamW's first step is ``lr * g / (|g| + eps)``, which turns float32
-    rounding of a gradient entry near ``eps`` into a visible change of that one entry
-    (measured worst tensor: 1.9e-4, from a single entry)."""
-    overrides = data_overrides(demo_data)
-    global_ids = [0, 3, 5, 8]  # DP group 0 takes [0, 3], DP group 1 takes [5, 8]
-    [reference] = gloo_world(1).run(
-        parameter_update, GEMNET, str(tmp_path / "p1"), overrides, global_ids
-    )
+@pytest.fixture(scope="module")
+def one_process_update(gloo_world, demo_data, tmp_path_factory) -> dict:
+    """How one step of upstream's own ``trainer: ocp`` in one process moves every parameter."""
+    overrides = {**data_overrides(demo_data), "trainer": "ocp"}
+    run_dir = str(tmp_path_factory.mktemp("p1"))
+    [reference] = gloo_world(1).run(parameter_update, GEMNET, run_dir, overrides, GLOBAL_IDS)
     moved = [name for name, delta in reference.items() if delta.abs().max() > 0]
     assert len(moved) >= len([n for n in reference if "scale_factor" not in n]), moved
-    updates = gloo_world(4).run(
-        parameter_update, GEMNET, str(tmp_path / "p4"), overrides, global_ids, gp_size=2
+    return reference
+
+
+@pytest.mark.parametrize("trainer", [GRAPH_PARALLEL_TRAINER, "ocp"])
+def test_one_step_at_2dp_x_2gp_moves_parameters_as_one_process(
+    trainer, gloo_world, demo_data, one_process_update, tmp_path
+):
+    """With the configs' trainer and with upstream's ``ocp``. The update over all parameters
+    agrees to 1e-5 in float32 (measured: 1.2e-6). Per tensor the bound is 1e-3: AdamW's first
+    step is ``lr * g / (|g| + eps)``, which turns float32 rounding of a gradient entry near
+    ``eps`` into a visible change of that one entry (measured worst tensor: 1.9e-4, from a
+    single entry)."""
+    reference = one_process_update
+    overrides = {**data_overrides(demo_data), "trainer": trainer}
+    world = gloo_world(4)
+    updates = world.run(
+        parameter_update, GEMNET, str(tmp_path / "p4"), overrides, GLOBAL_IDS, gp_size=2
     )
     for update in updates:
         assert relative_difference(update, reference, reference) < 1e-5
         worst = max((relative_difference(update, reference, [n]), n) for n in reference)
         assert worst[0] < 1e-3, worst
+    if trainer == GRAPH_PARALLEL_TRAINER:  # its groups outlive fairchem's cleanup
+        assert world.run(keeps_its_process_groups, gp_size=2) == [True] * 4
 
 
 def test_checkpoint_from_gp2_resumes_at_gp1_and_gp4(gloo_world, demo_data, tmp_path):

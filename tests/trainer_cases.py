@@ -104,6 +104,19 @@ def parameter_update(name: str, run_dir: str, overrides: dict, global_ids: list[
     return {n: after[n] - before[n] for n in before}
 
 
+def keeps_its_process_groups() -> bool:
+    """Whether this rank's default, GP and DP groups are among those the plugin's trainer keeps
+    referenced until the process exits (after it was built on them)."""
+    import torch.distributed as dist
+    from fairchem.core.common import gp_utils
+
+    from ocp_graphpar.trainers.process_groups import retained_process_groups
+
+    kept = retained_process_groups()
+    groups = (dist.group.WORLD, gp_utils.get_gp_group(), gp_utils.get_dp_group())
+    return all(any(group is k for k in kept) for group in groups)
+
+
 def losses_then_checkpoint(
     name: str,
     run_dir: str,

@@ -1,4 +1,24 @@
-"""Hooks into the ``fairchem`` console script, installed by the start-up ``.pth`` file."""
+"""Hooks into the ``fairchem`` console script: the plugin's only changes to fairchem's code.
+
+The CLI checks its flags, reads the datasets' settings, submits SLURM jobs and builds process
+groups before any trainer exists, so these steps cannot be reached from the trainer the config
+names. :func:`install_cli_hooks` installs the hooks below into ``fairchem.core._cli``, and only
+there; it is called by the start-up ``.pth`` file (:mod:`ocp_graphpar.launch.startup_hook`) in
+``fairchem`` processes (or with ``OCP_GRAPHPAR_CLI_HOOKS=1``), never by ``import ocp_graphpar``.
+
+- ``_cli.main`` is wrapped to refuse, before any rank starts, a ``--gp-gpus`` that does not
+  divide ``--num-gpus`` x ``--num-nodes`` (upstream asserts deep inside ``setup_gp``, or quietly
+  lowers it) (:func:`check_launch`); to give each rank of a local ``--cpu`` run its share of the
+  cores (:func:`share_cores_among_ranks`); with ``--submit --cpu``, to ask SLURM for CPU tasks
+  instead of ``--num-gpus`` GPUs per node (:func:`cpu_executor`, in ``_cli.AutoExecutor`` for
+  that call); and to print a :class:`UserFacingError` as one line (exit status 2).
+- ``_cli.build_config`` is wrapped to keep only the datasets the ``--mode`` reads and survey them
+  (:func:`ocp_graphpar.launch.datasets.prepare_datasets`): bad data stops the launch early.
+- ``_cli.Runner`` (what ``--submit`` pickles for the job, and what a one-rank local run calls)
+  is :class:`~ocp_graphpar.launch.runner.GraphParallelRunner`: in a ``--submit --cpu`` job it
+  joins the tasks as gloo ranks from SLURM's layout (upstream's ``distutils.setup`` would
+  initialise NCCL on one fixed port), and a requeued job runs it again.
+"""
 
 from __future__ import annotations
 

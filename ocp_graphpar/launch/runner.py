@@ -1,36 +1,32 @@
-"""fairchem's ``Runner`` (what ``--submit`` sends to SLURM), loading the plugin in the job."""
+"""fairchem's ``Runner`` (what ``--submit`` sends to SLURM), for ``--submit --cpu`` jobs."""
 
 from __future__ import annotations
 
-from fairchem.core._cli import Runner
-from fairchem.core.common.utils import new_trainer_context
+from typing import Any
 
-from ocp_graphpar.launch.preemption import checkpoint_at_step_boundaries
+from fairchem.core._cli import Runner
+from submitit.helpers import DelayedSubmission
+
+from ocp_graphpar.launch.slurm_cpu import as_launched_rank, is_cpu_job
 
 
 class GraphParallelRunner(Runner):
-    """Runs one fairchem job, as upstream's ``Runner`` does, with two differences:
+    """Runs one fairchem job through upstream's ``Runner``, with two differences:
 
-    - the plugin (and its fixes) is imported before fairchem builds process groups, so a
-      ``--submit --cpu`` job initialises gloo from SLURM's task layout;
-    - a preemption or time-out signal during training checkpoints at the next optimizer-step
-      boundary (see :func:`checkpoint_at_step_boundaries`), and the requeued job resumes there.
+    - a ``--submit --cpu`` job's tasks join as gloo ranks from SLURM's task layout, through
+      upstream's set-up for launched ranks (see :mod:`ocp_graphpar.launch.slurm_cpu`);
+    - the requeued job after a preemption runs this class again, with the same settings.
+
+    Preemption at optimizer-step boundaries is the trainer's
+    (:class:`ocp_graphpar.trainers.GraphParallelTrainer`), which the configs select.
     """
 
-    def __call__(self, config: dict) -> None:
-        import ocp_graphpar  # noqa: F401  (installs the fixes)
+    def __call__(self, config: dict[str, Any]) -> None:
+        super().__call__(as_launched_rank(config) if is_cpu_job(config) else config)
 
-        with new_trainer_context(config=config) as ctx:
-            self.config, self.task, self.trainer = ctx.config, ctx.task, ctx.trainer
-            self.task.setup(self.trainer)
-            if config.get("mode") == "train":
-                with checkpoint_at_step_boundaries(self.trainer):
-                    self.task.run()
-            else:
-                self.task.run()
-
-    def checkpoint(self, *args, **kwargs):
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Upstream's checkpoint (``checkpoint.pt``, then requeue), resubmitting this class."""
         delayed = super().checkpoint(*args, **kwargs)
-        delayed.function = type(self)()
-        return delayed
+        [config] = delayed.args
+        # submitit calls this in submitted jobs only; a CPU job ran with ``submit`` off (above).
+        return DelayedSubmission(type(self)(), {**config, "submit": True})

@@ -61,6 +61,8 @@ class GraphParallelModel:
     triplet for balancing the ranks).
     """
 
+    #: The model's name in log messages.
+    display_name: str = "graph-parallel model"
     activation_checkpointing: bool = False
     partition_weights: WorkWeights = WorkWeights()
     _scale_fit_pending: bool = False
@@ -173,6 +175,6 @@ class GraphParallelModel:
         if fitted and distutils.is_master():
             values = ", ".join(f"{name}={value:.3f}" for name, value in fitted.items())
             logging.info(
-                f"fitted {len(fitted)} {type(self).__name__} scale factors on the first batch: "
+                f"fitted {len(fitted)} {self.display_name} scale factors on the first batch: "
                 f"{values}"
             )

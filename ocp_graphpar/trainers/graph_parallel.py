@@ -1,7 +1,20 @@
 """fairchem's ``OCPTrainer`` with what the paper's recipes need and upstream lacks.
 
 Select it with ``trainer: ocp_graphpar.trainers.GraphParallelTrainer`` (registered as
-``ocp_graphpar`` once the plugin is imported). Everything else is ``OCPTrainer``'s.
+``ocp_graphpar`` once the plugin is imported), as every config of this repository does. Everything
+else is ``OCPTrainer``'s; the models also train under upstream's ``trainer: ocp``, without the
+items below.
+
+Fixes for fairchem-core 1.10 defects, each in a module of its own (``docs/fairchem_fixes.md``):
+
+- checkpoints, prediction and relaxation files and fitted normalisers are written atomically
+  (:class:`~ocp_graphpar.trainers.atomic_outputs.AtomicOutputs`);
+- a SLURM preemption signal checkpoints at the next optimizer-step boundary
+  (:class:`~ocp_graphpar.trainers.preemption.StepBoundaryPreemption`);
+- the process groups outlive ``distutils.cleanup``, so no gloo destructor hangs a rank at exit
+  (:func:`~ocp_graphpar.trainers.process_groups.retain_process_groups`).
+
+Features the paper's recipes need:
 
 - ``model.finetune_config: {starting_checkpoint: PATH}``: a new training run starts from that
   checkpoint's weights (not its step, optimizer or normaliser state): fairchem's key for
@@ -16,6 +29,8 @@ Select it with ``trainer: ocp_graphpar.trainers.GraphParallelTrainer`` (register
 
 from __future__ import annotations
 
+from typing import Any
+
 from fairchem.core.common.registry import registry
 from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 from fairchem.core.modules.scheduler import LRScheduler
@@ -23,7 +38,10 @@ from fairchem.core.trainers import OCPTrainer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.trainers.atomic_outputs import AtomicOutputs
 from ocp_graphpar.trainers.finetune import load_starting_weights
+from ocp_graphpar.trainers.preemption import StepBoundaryPreemption
+from ocp_graphpar.trainers.process_groups import retain_process_groups
 
 EPOCH_EXPONENTIAL = "EpochExponentialLR"
 
@@ -49,9 +67,14 @@ def epoch_exponential_scheduler(optimizer, *, gamma: float, steps_per_epoch: int
 
 
 @registry.register_trainer("ocp_graphpar")
-class GraphParallelTrainer(OCPTrainer):
-    """``OCPTrainer`` plus fine-tuning starts and the ``EpochExponentialLR`` schedule (see the
-    module docstring)."""
+class GraphParallelTrainer(AtomicOutputs, StepBoundaryPreemption, OCPTrainer):
+    """``OCPTrainer`` with atomic outputs, step-boundary preemption, process groups kept to the
+    end, fine-tuning starts and the ``EpochExponentialLR`` schedule (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # fairchem has built the process groups before the trainer; DDP takes the default one.
+        retain_process_groups()
+        super().__init__(*args, **kwargs)
 
     def load_model(self) -> None:
         self.finetune_config = self.config["model"].pop("finetune_config", None)

@@ -67,6 +67,8 @@ class DimeNetPPXL(GraphParallelModel, DimeNetPlusPlusWrap):
         partition_weights: work estimate per ``atom``, ``edge``, ``triplet`` for balancing.
     """
 
+    display_name = "DimeNet++-XL"
+
     #: How a block obtains its held input edges' features (a benchmark swaps it).
     input_features = staticmethod(halo_input_features)
 

@@ -35,6 +35,8 @@ class GemNetXL(GraphParallelModel, GemNetT):
             ``IntBlock_*_sum`` names.
     """
 
+    display_name = "GemNet-XL"
+
     def __init__(
         self,
         *args,

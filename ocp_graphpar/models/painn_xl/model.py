@@ -83,6 +83,8 @@ class PaiNNXL(GraphParallelModel, PaiNN):
         auto_fit_scale_factors: fit unfitted scale factors on the first training batch.
     """
 
+    display_name = "PaiNN-XL"
+
     def __init__(
         self,
         *args,

@@ -4,8 +4,8 @@ fairchem's local launcher (torch elastic) starts one worker process per rank. Th
 started in a session and process group of its own, so that a Ctrl-C reaches only the demo (the
 foreground group of the terminal) and the demo decides how its children stop: the whole group is
 sent ``SIGTERM``, then ``SIGKILL`` if it has not exited after a grace period. Killing the workers
-mid-step is safe: fairchem's checkpoints and result files are written atomically (see
-:mod:`ocp_graphpar.fairchem_fixes`), and the demo resumes from the last checkpoint.
+mid-step is safe: the configs' trainer writes checkpoints and result files atomically (see
+:mod:`ocp_graphpar.trainers.atomic_outputs`), and the demo resumes from the last checkpoint.
 """
 
 from __future__ import annotations

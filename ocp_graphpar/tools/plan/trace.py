@@ -48,8 +48,17 @@ class Formula:
         return total
 
 
+HALF = "//2"  # a symbol ``width//2``: half a width, rounded down (PaiNN's output layers)
+
+
 def _value(term: Term, values: dict[str, float]) -> float:
-    return sum(math.prod(values[symbol] for symbol in monomial) for monomial in term)
+    return sum(math.prod(_symbol(symbol, values) for symbol in monomial) for monomial in term)
+
+
+def _symbol(symbol: str, values: dict[str, float]) -> float:
+    if symbol.endswith(HALF):
+        return values[symbol[: -len(HALF)]] // 2
+    return values[symbol]
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,11 @@ def trace_model(family: str, model_config: dict) -> Trace:
     widths = {value: ((name,),) for name, value in markers.items()}
     sizes = {value: ((name,),) for name, value in graph.items() if value > 0}
     sizes.setdefault(int(batch.edge_index.shape[1]), (("edges",),))  # the input graph's edges
-    readings = _readings(widths, sizes)
+    # Half widths are read only in a model whose layers have them (PaiNN's output heads):
+    # elsewhere a constant could equal half a marker.
+    dims = {int(d) for p in model.parameters() for d in p.shape}
+    halved = {value: term for value, term in widths.items() if value // 2 in dims}
+    readings = _readings(widths, sizes, halved=halved)
     parameters, missed_p = _formula(((p.shape, 1) for p in model.parameters()), readings)
     activations, missed_a = _formula(tracker.shapes_at_peak, readings)
     return Trace(family, parameters, activations, missed_p + missed_a)
@@ -167,6 +180,7 @@ def _distinguishable(values: list[int], taken: set[int]) -> bool:
     combos = [(v,) for v in values]
     combos += list(itertools.combinations_with_replacement(values, 2))
     combos += list(itertools.combinations_with_replacement(values, 3))
+    combos += [(v,) * times for v in values for times in range(4, 9)]
     for combo in combos:
         for value in {sum(combo), math.prod(combo) if len(combo) == 2 else sum(combo)}:
             if value in seen:
@@ -184,10 +198,13 @@ def _formula(shapes, readings: dict[int, Term]) -> tuple[Formula, int]:
     return Formula(tuple(tensors)), unresolved
 
 
-def _readings(widths: dict[int, Term], sizes: dict[int, Term]) -> dict[int, Term]:
+def _readings(
+    widths: dict[int, Term], sizes: dict[int, Term], *, halved: dict[int, Term]
+) -> dict[int, Term]:
     """What each value a dimension may take means, the simplest reading first: a width or a
     graph size, a product of two (a flattened tensor), a sum of two or three widths (a
-    concatenation)."""
+    concatenation), a width taken up to eight times (PaiNN's ``3 * hidden`` scalar and vector
+    channels side by side), and half a width (or twice that) for the ``halved`` widths."""
     singles = {**widths, **sizes}
     readings: dict[int, Term] = {}
     for (a, ta), (b, tb) in itertools.combinations_with_replacement(singles.items(), 2):
@@ -196,4 +213,11 @@ def _readings(widths: dict[int, Term], sizes: dict[int, Term]) -> dict[int, Term
         for combo in itertools.combinations_with_replacement(widths.items(), count):
             value = sum(v for v, _ in combo)
             readings.setdefault(value, tuple(t[0] for _, t in combo))
+    for value, term in widths.items():
+        for times in range(4, 9):
+            readings.setdefault(times * value, term * times)
+    for value, term in halved.items():
+        half = term[0][0] + HALF
+        readings.setdefault(value // 2, ((half,),))
+        readings.setdefault(2 * (value // 2), ((half,), (half,)))
     return {**readings, **singles}
