@@ -37,8 +37,11 @@ def message(
     xh = layer.x_proj(layer.x_layernorm(x))  # (n_atoms, 3H)
     # One exchange carries both source-atom inputs of the message.
     held = plan.with_halo(torch.cat([xh, vec.reshape(n_atoms, 3 * hidden)], dim=1))
-    xh_j, vec_j = held[plan.edge_src].split(3 * hidden, dim=1)
-    vec_j = vec_j.reshape(-1, 3, hidden)
+    xh_held, vec_held = held.split(3 * hidden, dim=1)
+    # Gathered per part, so the per-edge tensors are contiguous (elementwise work is ~2x
+    # faster on CPU than on strided halves of one (n_edges, 6H) tensor).
+    xh_j = xh_held.index_select(0, plan.edge_src)  # (n_edges, 3H)
+    vec_j = vec_held.reshape(-1, 3, hidden).index_select(0, plan.edge_src)  # (n_edges, 3, H)
 
     dx, xh2, xh3 = torch.split(xh_j * layer.rbf_proj(edge_rbf), hidden, dim=-1)
     dvec = vec_j * (xh2 * layer.inv_sqrt_3).unsqueeze(1) + xh3.unsqueeze(1) * edge_vector.unsqueeze(
