@@ -92,6 +92,15 @@ def _upstream_class(name: str, spec) -> type[torch.nn.Module]:
     raise ValueError(f"no contender {name!r} for the {spec.key} model")
 
 
-def running(name: str) -> contextlib.AbstractContextManager:
-    """What must hold while contender ``name`` runs."""
-    return upstream_gp_alias() if name == "gp_gemnet_t" else contextlib.nullcontext()
+@contextlib.contextmanager
+def running(name: str) -> Iterator[None]:
+    """What must hold while contender ``name`` is built and runs: float32 as the default dtype
+    (contenders run in float32, and upstream models make tensors in the default dtype, which
+    a float64 test may have left set in a reused process), and upstream's GP alias."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with upstream_gp_alias() if name == "gp_gemnet_t" else contextlib.nullcontext():
+            yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -59,10 +59,10 @@ def measure_contender(
     ``repeats`` after it are timed.
     """
     device = torch.device(device)
-    model = build_contender(name, family, model_config).to(device)
-    model.train()
     batch = batch.to(device)
     with running(name):
+        model = build_contender(name, family, model_config).to(device)
+        model.train()
         _allocate_gradients(model)
         with (
             count_wire_bytes() as wire,
@@ -143,9 +143,9 @@ def paired_step_times(
 def timed_steps(name: str, family: str, model_config: dict, batch, steps: int):
     """Build contender ``name``, take a warm-up step, then ``steps`` timed steps:
     ``[(wall_s, cpu_s), ...]``."""
-    model = build_contender(name, family, model_config).train()
     times = []
     with running(name):
+        model = build_contender(name, family, model_config).train()
         for step in range(steps + 1):
             start, cpu_start = time.perf_counter(), time.process_time()
             training_step(model, batch)
