@@ -1,8 +1,8 @@
-"""ocp-graphpar: graph-parallel GemNet-XL and DimeNet++-XL for fairchem-core 1.x.
+"""ocp-graphpar: graph-parallel GemNet-XL, DimeNet++-XL and PaiNN-XL for fairchem-core 1.x.
 
 Importing the package registers its models, its dataset format and its trainer in
 ``fairchem.core.common.registry`` under short names (``gemnet_xl``, ``dimenetpp_xl``,
-``oc20_lmdb``, ``ocp_graphpar``; fairchem's decorators, applied where each is defined); configs
+``painn_xl``, ``oc20_lmdb``, ``ocp_graphpar``; fairchem's decorators, applied where each is defined); configs
 name them by import path (``ocp_graphpar.models.GemNetXL``), which the unmodified ``fairchem``
 CLI resolves by importing the module. Importing it changes nothing else of fairchem or torch
 (tested): the fixes for fairchem-core 1.10 defects on the training path are methods of the
