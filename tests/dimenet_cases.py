@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from comparison import predict
 from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap
 
 from ocp_graphpar.models import DimeNetPPXL
@@ -43,12 +44,6 @@ def graph_parallel_model(seed: int = 0, all_gather: bool = False, **options) -> 
     model = (AllGatherDimeNetPPXL if all_gather else DimeNetPPXL)(**TINY, **options).double()
     model.load_state_dict(upstream.state_dict(), strict=True)
     return model
-
-
-def predict(model, batch) -> dict:
-    torch.set_default_dtype(torch.float64)
-    out = model(batch.clone())
-    return {key: value.detach() for key, value in out.items()}
 
 
 def predict_graph_parallel(batch, options: dict | None = None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from comparison import predict
 from fairchem.core.models.gemnet.gemnet import GemNetT
 
 from ocp_graphpar.models import GemNetXL
@@ -46,14 +47,6 @@ def graph_parallel_model(seed: int = 0, options: dict | None = None, **overrides
     model = GemNetXL(**{**TINY, **overrides}, **(options or {})).double()
     model.load_state_dict(upstream.state_dict(), strict=True)
     return model
-
-
-def predict(model, batch) -> dict:
-    """Energies and forces (forces detached) of ``model`` on ``batch``."""
-    torch.set_default_dtype(torch.float64)
-    batch = batch.clone()
-    out = model(batch)
-    return {key: value.detach() for key, value in out.items()}
 
 
 def predict_graph_parallel(batch, overrides: dict) -> dict:

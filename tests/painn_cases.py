@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from comparison import predict
 from fairchem.core.models.painn.painn import PaiNN
 
 from ocp_graphpar.models import PaiNNXL
@@ -40,13 +41,6 @@ def graph_parallel_model(seed: int = 0, options: dict | None = None, **overrides
     model = PaiNNXL(**{**TINY, **overrides}, **(options or {})).double()
     model.load_state_dict(upstream.state_dict(), strict=True)
     return model
-
-
-def predict(model, batch) -> dict:
-    """Energies and forces (detached) of ``model`` on ``batch``."""
-    torch.set_default_dtype(torch.float64)
-    out = model(batch.clone())
-    return {key: value.detach() for key, value in out.items()}
 
 
 def predict_graph_parallel(batch, overrides: dict) -> dict:

@@ -6,6 +6,7 @@ from functools import partial
 
 import pytest
 import torch
+from comparison import rel_err
 from dimenet_cases import (
     TINY,
     graph_parallel_model,
@@ -15,10 +16,6 @@ from dimenet_cases import (
 )
 from oc20 import fairchem_batch, oc20_batch_atoms
 from training_cases import ddp_gradients, reference_gradients
-
-
-def rel_err(actual, expected):
-    return float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-30))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+from comparison import rel_err
 from oc20 import fairchem_batch, oc20_batch_atoms
 from painn_cases import (
     TINY,
@@ -19,10 +20,6 @@ from painn_cases import (
 from training_cases import ddp_gradients, reference_gradients
 
 RTOL = 1e-9
-
-
-def rel_err(actual, expected):
-    return float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-30))
 
 
 @pytest.fixture(scope="module")
