@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap
 from fairchem.core.models.gemnet.gemnet import GemNetT
+from fairchem.core.models.gemnet_gp.gemnet import GraphParallelGemNetT
 from fairchem.core.models.painn.painn import PaiNN
 from torch import nn
 
@@ -74,12 +75,6 @@ class ModelSpec:
         }
 
 
-def _upstream_gp_gemnet() -> type[nn.Module]:
-    from fairchem.core.models.gemnet_gp.gemnet import GraphParallelGemNetT
-
-    return GraphParallelGemNetT
-
-
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in (
@@ -102,7 +97,7 @@ MODELS: dict[str, ModelSpec] = {
             # upstream GemNet-T asserts its default max_neighbors when the graph is stored
             precomputed_graph={"otf_graph": False, "max_neighbors": 50},
             build_options={"auto_fit_scale_factors": False},
-            upstream_graph_parallel=_upstream_gp_gemnet(),
+            upstream_graph_parallel=GraphParallelGemNetT,
         ),
         ModelSpec(
             key="dimenet",

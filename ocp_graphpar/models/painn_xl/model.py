@@ -21,6 +21,14 @@ from ocp_graphpar.models.base import GraphParallelModel, ShardedOutput
 from ocp_graphpar.parallel import PartitionPlan
 
 
+def build_graph(model: PaiNNXL, data) -> tuple[PartitionPlan, Tensor, Tensor]:
+    """Upstream's symmetric edges of the whole batch, partitioned (PaiNN has no triplets):
+    the plan, and the owned edges' lengths ``(n_edges,)`` and unit vectors ``(n_edges, 3)``."""
+    edge_index, _, distance, direction, _ = model.generate_graph_values(model.replicated(data))
+    plan = model.partition(data, edge_index, triplets_per_edge=torch.zeros_like(edge_index[0]))
+    return plan, distance[plan.edges], direction[plan.edges]
+
+
 def message(
     layer: PaiNNMessage,
     x: Tensor,
@@ -44,10 +52,8 @@ def message(
     vec_j = vec_held.reshape(-1, 3, hidden).index_select(0, plan.edge_src)  # (n_edges, 3, H)
 
     dx, xh2, xh3 = torch.split(xh_j * layer.rbf_proj(edge_rbf), hidden, dim=-1)
-    dvec = vec_j * (xh2 * layer.inv_sqrt_3).unsqueeze(1) + xh3.unsqueeze(1) * edge_vector.unsqueeze(
-        2
-    )
-    dvec = dvec * layer.inv_sqrt_h
+    along_edge = xh3.unsqueeze(1) * edge_vector.unsqueeze(2)  # (n_edges, 3, H)
+    dvec = (vec_j * (xh2 * layer.inv_sqrt_3).unsqueeze(1) + along_edge) * layer.inv_sqrt_h
     # scatter's backward keeps only the index; index_add's would keep the (n_edges, 3, H) source
     return (
         scatter(dx, plan.edge_dst, dim=0, dim_size=n_atoms),
@@ -104,10 +110,8 @@ class PaiNNXL(GraphParallelModel, PaiNN):
         )
 
     def sharded_forward(self, data) -> ShardedOutput:
-        edge_index, _, distance, direction, _ = self.generate_graph_values(self.replicated(data))
-        plan = self.partition(data, edge_index, triplets_per_edge=torch.zeros_like(edge_index[0]))
-        edge_rbf = self.radial_basis(distance[plan.edges])  # (n_edges, num_rbf)
-        edge_vector = direction[plan.edges]  # (n_edges, 3)
+        plan, distance, edge_vector = build_graph(self, data)
+        edge_rbf = self.radial_basis(distance)  # (n_edges, num_rbf)
 
         x = self.atom_emb(data.atomic_numbers.long()[plan.atoms])  # (n_atoms, H)
         vec = x.new_zeros(x.shape[0], 3, x.shape[1])
@@ -126,6 +130,5 @@ class PaiNNXL(GraphParallelModel, PaiNN):
 
 def painn_graph_size(model: PaiNNXL, data) -> dict[str, int]:
     """Atoms and edges of this rank's graph, for the memory planner."""
-    edge_index = model.generate_graph_values(data)[0]
-    plan = model.partition(data, edge_index, triplets_per_edge=torch.zeros_like(edge_index[0]))
+    plan, _, _ = build_graph(model, data)
     return {"atoms": plan.num_atoms, "edges": plan.num_edges, "triplets": 0}
