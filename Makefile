@@ -1,6 +1,7 @@
 # The two commands a newcomer needs: `make demo` (the main job) and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
+CUDA   ?=
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ocp-graphpar-setup
 DATA   ?=
@@ -8,12 +9,15 @@ DEMO_DIR ?= demo_run
 DEMO_ARGS ?=
 RESTART ?=
 
-.PHONY: setup test lint demo data-demo clean
+.PHONY: setup test lint demo data-demo clean FORCE
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt setup.cfg pyproject.toml scripts/setup_env.sh
-	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
+# CUDA=cu128 (a PyTorch wheel index; README, "CUDA") installs a CUDA torch and compiles
+# torch-scatter/torch-sparse with CUDA. With it the script always runs (it takes seconds when all
+# is there), so that a venv set up without CUDA is reported instead of silently kept.
+$(STAMP): requirements.txt setup.cfg pyproject.toml scripts/setup_env.sh $(if $(strip $(CUDA)),FORCE)
+	PYTHON=$(PYTHON) VENV=$(VENV) CUDA=$(CUDA) bash scripts/setup_env.sh
 	@touch $@
 
 test: setup

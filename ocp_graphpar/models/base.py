@@ -30,7 +30,7 @@ from fairchem.core.common.utils import conditional_grad
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ocp_graphpar.models.gradient_scaling import scale_gradients_for_ddp
+from ocp_graphpar.models.gradient_scaling import scale_gradient_for_ddp
 from ocp_graphpar.models.scale_factors import fit_scale_factors, make_scale_factors_graph_parallel
 from ocp_graphpar.parallel import PartitionPlan, WorkWeights, build_partition, copy_replicated
 
@@ -86,7 +86,6 @@ class GraphParallelModel:
         self.partition_weights = WorkWeights(**(partition_weights or {}))
         self._scale_fit_pending = auto_fit_scale_factors
         make_scale_factors_graph_parallel(self)
-        scale_gradients_for_ddp(self)
 
     # -- what a model implements ----------------------------------------------------------
 
@@ -122,7 +121,7 @@ class GraphParallelModel:
                 outputs["forces"] = -grad
             else:
                 outputs["forces"] = sharded.plan.gather_atoms(sharded.atom_forces)
-        return outputs
+        return {key: scale_gradient_for_ddp(value) for key, value in outputs.items()}
 
     @staticmethod
     def replicated(data):
@@ -138,12 +137,13 @@ class GraphParallelModel:
         edge_index: Tensor,
         *,
         reverse_edge: Tensor | None = None,
-        triplets_per_edge: Tensor | None = None,
+        triplets_per_edge: Tensor | int | None = None,
     ) -> PartitionPlan:
         """The plan of batch ``data`` with edges ``edge_index (2, E)`` (``[source, target]``):
         each rank owns a balanced, spatially contiguous set of atoms and the edges into them.
-        ``reverse_edge (E,)`` adds the reverse-edge halo; ``triplets_per_edge (E,)`` weighs the
-        balance (default: GemNet's triplets, the other edges into the target)."""
+        ``reverse_edge (E,)`` adds the reverse-edge halo; ``triplets_per_edge (E,)`` (or one count
+        for all edges) weighs the balance (default: GemNet's triplets, the other edges into the
+        target)."""
         natoms = getattr(data, "natoms", None)
         return build_partition(
             data.batch,

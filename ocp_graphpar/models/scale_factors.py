@@ -18,7 +18,16 @@ class GraphParallelScaleFactor(ScaleFactor):
     GP peers hold disjoint rows of one batch and DP groups hold different batches, so the sum
     over the world is the statistic of the global batch: a fit at any dp x gp layout gives what
     a single process gives on the concatenated batches, and every replica gets the same value.
+
+    Outside fitting, the forward pass scales without reading the factor on the host (upstream
+    asks ``fitted`` with an ``.item()`` per call, a stream stall on a GPU): an unfitted factor
+    (0) scales by one, as upstream leaves its input unscaled.
     """
+
+    def forward(self, x: torch.Tensor, *, ref: torch.Tensor | None = None) -> torch.Tensor:
+        if self.index_fn is not None or self.stats is not None:
+            return super().forward(x, ref=ref)
+        return x * (self.scale_factor + (self.scale_factor == 0.0))
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> None:

@@ -27,6 +27,18 @@ def shared_target_triplets(dst: Tensor, *, num_atoms: int) -> Tensor:
     return (torch.bincount(dst, minlength=num_atoms)[dst] - 1).clamp(min=0)
 
 
+def resolve_triplets(
+    triplets_per_edge: Tensor | int | None, dst: Tensor, *, num_atoms: int
+) -> Tensor:
+    """``(E,)`` triplets per output edge from what a caller gave: a tensor as is, one count for
+    every edge, or GemNet's (``None``)."""
+    if triplets_per_edge is None:
+        return shared_target_triplets(dst, num_atoms=num_atoms)
+    if isinstance(triplets_per_edge, int):
+        return torch.full_like(dst, triplets_per_edge)
+    return triplets_per_edge
+
+
 def atom_work(
     edge_index: Tensor,
     num_atoms: int,
@@ -168,15 +180,27 @@ def _assign(order: Tensor, work: Tensor, *, offset: float, thresholds: Tensor) -
     return owner
 
 
-def index_split_owner(num_atoms: int, size: int, work: Tensor | None = None) -> Tensor:
+def index_split_owner(
+    num_atoms: int, size: int, work: Tensor | None = None, *, device: torch.device | None = None
+) -> Tensor:
     """Contiguous split of the atoms in index order, for comparison: equal atom counts
-    (upstream's ``np.array_split`` rule) or, given ``work (N,)``, equal work."""
+    (upstream's ``np.array_split`` rule) or, given ``work (N,)``, equal work; on ``device``
+    (by default ``work``'s, else the CPU)."""
+    if device is None:
+        device = work.device if work is not None else torch.device("cpu")
     if work is None:
         base, extra = divmod(num_atoms, size)
-        counts = torch.tensor([base + (r < extra) for r in range(size)])
-        return torch.repeat_interleave(torch.arange(size), counts)
-    thresholds = torch.arange(1, size, dtype=torch.double) * float(work.sum()) / size
-    return _assign(torch.arange(num_atoms), work.double(), offset=0.0, thresholds=thresholds)
+        counts = torch.tensor([base + (r < extra) for r in range(size)], device=device)
+        return torch.repeat_interleave(
+            torch.arange(size, device=device), counts, output_size=num_atoms
+        )
+    thresholds = torch.arange(1, size, dtype=torch.double, device=device) * float(work.sum()) / size
+    return _assign(
+        torch.arange(num_atoms, device=device),
+        work.to(device, torch.double),
+        offset=0.0,
+        thresholds=thresholds,
+    )
 
 
 def _fractional(batch: Tensor, pos: Tensor, cell: Tensor | None) -> Tensor:

@@ -24,6 +24,10 @@ metrics) has a *replicated* gradient, and its shards' gradients are plain slices
 (``gather_replicated``). A tensor that each rank uses for its own part of the work has a
 *partial* gradient on each rank, which must be summed (``gather_rows``).
 
+Gathers and reduce-scatters use the into-tensor forms (NCCL's native all-gather and
+reduce-scatter; gloo has them too), padded only when the ranks' shares are uneven, and every
+buffer handed to a backend is contiguous (NCCL refuses strided tensors).
+
 With no GP group (or a group of one rank) every function is the identity and issues no call.
 Row counts come from the partition plan, which every rank builds identically, so no collective
 ever exchanges sizes first.
@@ -65,14 +69,32 @@ class _AllToAll(torch.autograd.Function):
         return _AllToAll.apply(grad, recv_counts, send_counts), None, None
 
 
+def _native(name: str, before_torch_2_13: str):
+    """A torch.distributed collective by its current name, or the name older torch knows it by
+    (looked up per call, so tools that wrap ``torch.distributed`` see it)."""
+    return getattr(dist, name, None) or getattr(dist, before_torch_2_13)
+
+
+def _padded(x: Tensor, rows: int) -> Tensor:
+    """``x`` with zero rows appended up to ``rows``, as one contiguous buffer."""
+    if x.shape[0] == rows:
+        return x.contiguous()
+    out = x.new_zeros(_row_shape(x, rows))
+    out[: x.shape[0]] = x
+    return out
+
+
 def _all_gather_rows(x: Tensor, counts: list[int]) -> Tensor:
-    # gloo's all_gather needs equal sizes: pad to the largest share, then trim.
-    padded = x.new_zeros(_row_shape(x, max(counts)))
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded, group=gp_group())
+    # One into-tensor gather (NCCL's native all-gather; gloo has it too). Equal shares need no
+    # padding; uneven ones are padded to the largest and trimmed after.
+    width = max(counts)
+    out = x.new_empty(_row_shape(x, width * len(counts)))
+    _native("all_gather_single", "all_gather_into_tensor")(out, _padded(x, width), group=gp_group())
     comm_stats().record("all_gather", _nbytes(sum(counts) - counts[gp_rank()], x))
-    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+    if all(n == width for n in counts):
+        return out
+    blocks = out.view(len(counts), width, *x.shape[1:])
+    return torch.cat([block[:n] for block, n in zip(blocks, counts)])
 
 
 class _GatherRows(torch.autograd.Function):
@@ -91,13 +113,14 @@ class _ReduceScatterRows(torch.autograd.Function):
     def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
         ctx.counts = counts
         width = max(counts)
-        parts = []
-        for piece, n in zip(x.split(counts), counts):
-            padded = x.new_zeros(_row_shape(x, width))
-            padded[:n] = piece
-            parts.append(padded)
-        out = torch.empty_like(parts[0])
-        dist.reduce_scatter(out, parts, group=gp_group())
+        if all(n == width for n in counts):
+            send = x.contiguous()
+        else:
+            send = x.new_zeros(_row_shape(x, width * len(counts)))
+            for block, piece in zip(send.split(width), x.split(counts)):
+                block[: piece.shape[0]] = piece
+        out = x.new_empty(_row_shape(x, width))
+        _native("reduce_scatter_single", "reduce_scatter_tensor")(out, send, group=gp_group())
         p = len(counts)
         comm_stats().record("reduce_scatter", _nbytes(sum(counts), x) * (p - 1) // p)
         return out[: counts[gp_rank()]]
@@ -123,7 +146,7 @@ class _SliceRows(torch.autograd.Function):
     def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
         ctx.counts = counts
         start = sum(counts[: gp_rank()])
-        return x[start : start + counts[gp_rank()]].clone()
+        return x[start : start + counts[gp_rank()]].clone(memory_format=torch.contiguous_format)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -133,7 +156,7 @@ class _SliceRows(torch.autograd.Function):
 class _ReducePartial(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        out = x.clone()
+        out = x.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out, group=gp_group())
         p = gp_size()
         comm_stats().record("all_reduce", 2 * (p - 1) * x.numel() * x.element_size() // p)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -35,6 +35,12 @@ class Halo:
     def num_send(self) -> int:
         return sum(self.send_counts)
 
+    def to(self, device: torch.device) -> Halo:
+        """The halo with its index tensors on ``device``."""
+        return replace(
+            self, send_index=self.send_index.to(device), recv_global=self.recv_global.to(device)
+        )
+
     def exchange(self, owned: Tensor) -> Tensor:
         """Rows of peers' owned tensors that this rank needs.
 
@@ -56,6 +62,12 @@ class Halo:
         back = all_to_all(received, self.recv_counts, self.send_counts)
         out = back.new_zeros((num_owned, *back.shape[1:]))
         return out.index_add(0, self.send_index, back)
+
+
+def empty_halo(*, device: torch.device) -> Halo:
+    """The halo of a GP group of one rank: nothing to send or receive."""
+    none = torch.zeros(0, dtype=torch.long, device=device)
+    return Halo(send_index=none, send_counts=[0], recv_counts=[0], recv_global=none)
 
 
 def build_halo(

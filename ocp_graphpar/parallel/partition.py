@@ -14,10 +14,10 @@ from ocp_graphpar.parallel.balance import (
     WorkWeights,
     atom_work,
     balanced_spatial_owner,
-    shared_target_triplets,
+    resolve_triplets,
 )
 from ocp_graphpar.parallel.groups import gp_rank, gp_size
-from ocp_graphpar.parallel.halo import build_halo
+from ocp_graphpar.parallel.halo import build_halo, empty_halo
 from ocp_graphpar.parallel.indexing import (
     local_rows,
     rank_counts,
@@ -39,7 +39,7 @@ def build_partition(
     rank: int | None = None,
     num_systems: int | None = None,
     reverse_edge: Tensor | None = None,
-    triplets_per_edge: Tensor | None = None,
+    triplets_per_edge: Tensor | int | None = None,
     weights: WorkWeights | None = None,
     atom_owner: Tensor | None = None,
 ) -> PartitionPlan:
@@ -53,8 +53,9 @@ def build_partition(
         edge_index: ``(2, E)`` ``[source, target]`` atom ids.
         num_systems: systems in the batch (B); by default the last atom's system + 1.
         reverse_edge: ``(E,)`` id of each edge's reverse edge (GemNet's ``id_swap``), optional.
-        triplets_per_edge: ``(E,)`` triplets whose output edge is each edge; by default the
-            in-degree of the target minus one (GemNet's ``b -> a <- c``).
+        triplets_per_edge: ``(E,)`` triplets whose output edge is each edge, or one count for
+            every edge (``0`` for models without triplets); by default the in-degree of the
+            target minus one (GemNet's ``b -> a <- c``).
         weights: work estimate for balancing.
         atom_owner: ``(N,)`` a given assignment of atoms to ranks (e.g. to compare partitions).
     """
@@ -62,13 +63,110 @@ def build_partition(
     rank = gp_rank() if rank is None else rank
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} outside a GP group of size {size}")
-    batch, pos, edge_index = batch.detach(), pos.detach(), edge_index.detach()
-    num_atoms, device = batch.numel(), batch.device
+    num_atoms = batch.numel()
     if num_systems is None:
         num_systems = int(batch[-1]) + 1 if num_atoms else 0
+    if size == 1 and atom_owner is None:
+        plan = _whole_batch_plan(
+            batch,
+            edge_index,
+            num_systems=num_systems,
+            reverse_edge=reverse_edge,
+            triplets_per_edge=triplets_per_edge,
+            weights=weights,
+        )
+    else:
+        # Built on the host: the balancer and the halos read counts and sizes throughout, which
+        # on a GPU would stall its stream at every read; a few copies each way cost less.
+        def host(x):
+            return x.detach().cpu() if isinstance(x, Tensor) else x
+
+        plan = _split_plan(
+            host(batch),
+            host(pos),
+            host(cell),
+            host(edge_index),
+            size=size,
+            rank=rank,
+            num_systems=num_systems,
+            reverse_edge=host(reverse_edge),
+            triplets_per_edge=host(triplets_per_edge),
+            weights=weights,
+            atom_owner=host(atom_owner),
+        ).to(batch.device)
+    record_plan(plan)
+    return plan
+
+
+def _whole_batch_plan(
+    batch: Tensor,
+    edge_index: Tensor,
+    *,
+    num_systems: int,
+    reverse_edge: Tensor | None,
+    triplets_per_edge: Tensor | int | None,
+    weights: WorkWeights | None,
+) -> PartitionPlan:
+    """The plan of a GP group of one: every row is owned, nothing is exchanged. Built from
+    shapes alone, so it reads nothing on the host (no stream stalls on a GPU)."""
+    num_atoms, num_edges, device = batch.numel(), edge_index.shape[1], batch.device
+    atoms = torch.arange(num_atoms, device=device)
+    edges = torch.arange(num_edges, device=device)
+    no_halo = empty_halo(device=device)
+
+    def measure() -> PartitionStats:
+        triplets = resolve_triplets(triplets_per_edge, edge_index[1], num_atoms=num_atoms)
+        work = atom_work(edge_index, num_atoms, triplets_per_edge=triplets, weights=weights)
+        return PartitionStats(
+            atoms=[num_atoms],
+            edges=[num_edges],
+            triplets=[int(triplets.sum())],
+            load=[float(work.sum())],
+            atom_halo=[0],
+            reverse_halo=[0],
+            cut_edges=0,
+        )
+
+    return PartitionPlan(
+        rank=0,
+        size=1,
+        num_systems=num_systems,
+        atom_owner=torch.zeros_like(atoms),
+        edge_owner=torch.zeros_like(edges),
+        edge_rows=edges,
+        edge_gather_index=edges,
+        atoms=atoms,
+        atom_system=batch,
+        edges=edges,
+        edge_src=edge_index[0],
+        edge_dst=edge_index[1],
+        edge_reverse=reverse_edge,
+        atom_halo=no_halo,
+        reverse_halo=None if reverse_edge is None else no_halo,
+        atom_gather_index=atoms,
+        atom_counts=[num_atoms],
+        measure=measure,
+    )
+
+
+def _split_plan(
+    batch: Tensor,
+    pos: Tensor,
+    cell: Tensor | None,
+    edge_index: Tensor,
+    *,
+    size: int,
+    rank: int,
+    num_systems: int,
+    reverse_edge: Tensor | None,
+    triplets_per_edge: Tensor | int | None,
+    weights: WorkWeights | None,
+    atom_owner: Tensor | None,
+) -> PartitionPlan:
+    """The plan of ``rank`` in a GP group of ``size`` ranks."""
+    num_atoms, device = batch.numel(), batch.device
     src, dst = edge_index[0], edge_index[1]
-    if triplets_per_edge is None:
-        triplets_per_edge = shared_target_triplets(dst, num_atoms=num_atoms)
+    triplets_per_edge = resolve_triplets(triplets_per_edge, dst, num_atoms=num_atoms)
     work = atom_work(edge_index, num_atoms, triplets_per_edge=triplets_per_edge, weights=weights)
     if atom_owner is None:
         atom_owner = balanced_spatial_owner(batch, pos, cell, edge_index, work, size)
@@ -103,19 +201,22 @@ def build_partition(
         )
         edge_slot = slots(src.numel(), owned=edges, received=reverse_halo.recv_global)
         edge_reverse = edge_slot[reverse_edge[edges]]
+    atom_counts = rank_counts(atom_owner, size=size)
 
-    stats = PartitionStats(
-        atoms=rank_counts(atom_owner, size=size),
-        edges=rank_counts(edge_owner, size=size),
-        triplets=sum_by_rank(triplets_per_edge, edge_owner, size=size),
-        load=torch.zeros(size, dtype=torch.double, device=device)
-        .index_add_(0, atom_owner, work)
-        .tolist(),
-        atom_halo=atom_halo_sizes,
-        reverse_halo=reverse_sizes,
-        cut_edges=int((atom_owner[src] != atom_owner[dst]).sum()),
-    )
-    plan = PartitionPlan(
+    def measure() -> PartitionStats:
+        return PartitionStats(
+            atoms=atom_counts,
+            edges=rank_counts(edge_owner, size=size),
+            triplets=sum_by_rank(triplets_per_edge, edge_owner, size=size),
+            load=torch.zeros(size, dtype=torch.double, device=device)
+            .index_add_(0, atom_owner, work)
+            .tolist(),
+            atom_halo=atom_halo_sizes,
+            reverse_halo=reverse_sizes,
+            cut_edges=int((atom_owner[src] != atom_owner[dst]).sum()),
+        )
+
+    return PartitionPlan(
         rank=rank,
         size=size,
         num_systems=num_systems,
@@ -132,7 +233,6 @@ def build_partition(
         atom_halo=atom_halo,
         reverse_halo=reverse_halo,
         atom_gather_index=atom_local + rank_starts(atom_owner, size=size)[atom_owner],
-        stats=stats,
+        atom_counts=atom_counts,
+        measure=measure,
     )
-    record_plan(plan)
-    return plan

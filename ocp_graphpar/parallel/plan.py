@@ -12,13 +12,16 @@ order; received halo rows follow them, grouped by source rank, ascending within 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 
 import torch
 from torch import Tensor
+from torch_scatter import scatter
 
 from ocp_graphpar.parallel.collectives import gather_replicated, reduce_partial
-from ocp_graphpar.parallel.halo import Halo, build_halo
+from ocp_graphpar.parallel.halo import Halo, build_halo, empty_halo
 from ocp_graphpar.parallel.indexing import slots
 
 
@@ -65,7 +68,9 @@ class PartitionPlan:
         atom_halo, reverse_halo: the two exchanges (``reverse_halo`` may be ``None``).
         atom_gather_index: ``(N,)`` row of each global atom in the rank-major concatenation
             of every rank's owned atoms (what :meth:`gather_atoms` receives).
-        stats: partition quality figures.
+        atom_counts: atoms owned by each rank, ``(P,)`` (the gather's split sizes).
+        measure: computes :attr:`stats` when they are first read (reading them costs host
+            syncs that the training step does not need).
     """
 
     rank: int
@@ -84,7 +89,24 @@ class PartitionPlan:
     atom_halo: Halo
     reverse_halo: Halo | None
     atom_gather_index: Tensor
-    stats: PartitionStats = field(repr=False)
+    atom_counts: list[int]
+    measure: Callable[[], PartitionStats] = field(repr=False, compare=False)
+
+    @cached_property
+    def stats(self) -> PartitionStats:
+        """Partition quality figures (computed once, on first read)."""
+        return self.measure()
+
+    def to(self, device: torch.device) -> PartitionPlan:
+        """The plan with its index tensors on ``device`` (the stats stay where they were built)."""
+        if self.atoms.device == device:
+            return self
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (Tensor, Halo)):
+                moved[f.name] = value.to(device)
+        return replace(self, **moved)
 
     @property
     def num_atoms(self) -> int:
@@ -94,9 +116,19 @@ class PartitionPlan:
     def num_edges(self) -> int:
         return int(self.edges.numel())
 
+    def owned_atom_rows(self, atom_rows: Tensor) -> Tensor:
+        """The owned atoms' rows ``(n_atoms, *F)`` of a whole-batch ``(N, *F)`` tensor."""
+        return atom_rows if self.size == 1 else atom_rows[self.atoms]
+
+    def owned_edge_rows(self, edge_rows: Tensor) -> Tensor:
+        """The owned edges' rows ``(n_edges, *F)`` of a whole-batch ``(E, *F)`` tensor."""
+        return edge_rows if self.size == 1 else edge_rows[self.edges]
+
     def with_halo(self, owned_atoms: Tensor) -> Tensor:
         """Owned per-atom rows ``(n_atoms, *F)`` followed by the halo atoms' rows from their
         owners; ``edge_src`` and ``edge_dst`` index the result."""
+        if self.size == 1:
+            return owned_atoms
         return torch.cat([owned_atoms, self.atom_halo.exchange(owned_atoms)])
 
     def source_rows(self, owned_atoms: Tensor) -> Tensor:
@@ -107,10 +139,12 @@ class PartitionPlan:
         """Per-edge rows of each owned edge's reverse edge, ``(n_edges, *F)``."""
         if self.reverse_halo is None or self.edge_reverse is None:
             raise ValueError("the plan was built without reverse edges")
+        if self.size == 1:
+            return owned_edges[self.edge_reverse]
         extended = torch.cat([owned_edges, self.reverse_halo.exchange(owned_edges)])
         return extended[self.edge_reverse]
 
-    def edge_halo(self, requester: Tensor, edge: Tensor) -> tuple[Halo, Tensor]:
+    def edge_halo(self, requester: Tensor | None, edge: Tensor | None) -> tuple[Halo, Tensor]:
         """A halo of edges other ranks own, for models whose work needs more than the reverse
         edge (e.g. DimeNet++'s input edges ``k -> j`` of triplets ``k -> j -> i``).
 
@@ -119,8 +153,11 @@ class PartitionPlan:
                 on every rank; duplicates and pairs a rank owns itself are dropped.
         Returns:
             The halo, and ``(E,)`` the row of every global edge in ``cat([owned edges,
-            received edges])`` (-1 where this rank holds neither).
+            received edges])`` (-1 where this rank holds neither). In a group of one rank,
+            every edge is owned and the pairs may be ``None``.
         """
+        if self.size == 1:
+            return empty_halo(device=self.edges.device), self.edges
         halo, _ = build_halo(
             requester=requester,
             item=edge,
@@ -134,10 +171,12 @@ class PartitionPlan:
     def sum_over_systems(self, owned_atoms: Tensor) -> Tensor:
         """Per-system sums ``(B, *F)`` of owned per-atom rows ``(n_atoms, *F)`` over every rank
         (e.g. energies from atom contributions), identical on every rank."""
-        partial = owned_atoms.new_zeros((self.num_systems, *owned_atoms.shape[1:]))
-        return reduce_partial(partial.index_add(0, self.atom_system, owned_atoms))
+        partial = scatter(owned_atoms, self.atom_system, dim=0, dim_size=self.num_systems)
+        return reduce_partial(partial)
 
     def gather_atoms(self, owned_atoms: Tensor) -> Tensor:
         """Per-atom rows of every rank in global atom order, ``(N, *F)``, on every rank, for
         consumers that every rank runs identically (outputs, losses)."""
-        return gather_replicated(owned_atoms, self.stats.atoms)[self.atom_gather_index]
+        if self.size == 1:
+            return owned_atoms
+        return gather_replicated(owned_atoms, self.atom_counts)[self.atom_gather_index]

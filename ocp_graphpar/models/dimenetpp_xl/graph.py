@@ -60,11 +60,7 @@ def build_triplet_graph(model, data) -> TripletGraph:
     plan = model.partition(data, graph.edge_index, triplets_per_edge=in_degree[src])
     idx_kj, idx_ji = _owned_triplets(plan.edges, src, dst, graph.cell_offsets, in_degree)
 
-    # Every rank that owns an edge j -> i needs every edge k -> j: pair each edge into j with
-    # each rank that owns an edge out of j.
-    out_ranks = torch.unique(torch.stack([src, plan.edge_owner]), dim=1)  # (atom j, rank)
-    entry, wanted = _edges_into(out_ranks[0], dst, in_degree)
-    input_halo, held = plan.edge_halo(out_ranks[1][entry], wanted)
+    input_halo, held = _input_halo(plan, src, dst, in_degree)
 
     held_edges = torch.cat([plan.edges, input_halo.recv_global])
     angle = _angles(view.pos, src, dst, graph.offset_distances, idx_kj, idx_ji, model.detach_angles)
@@ -73,8 +69,8 @@ def build_triplet_graph(model, data) -> TripletGraph:
         input_halo=input_halo,
         held_edges=held_edges,
         distance=graph.edge_distance[held_edges],
-        edge_src_global=src[plan.edges],
-        edge_dst_global=dst[plan.edges],
+        edge_src_global=plan.owned_edge_rows(src),
+        edge_dst_global=plan.owned_edge_rows(dst),
         angle=angle,
         idx_kj=held[idx_kj],
         idx_ji=held[idx_ji],
@@ -89,6 +85,19 @@ def graph_size(model, data) -> dict[str, int]:
         "edges": graph.plan.num_edges,
         "triplets": int(graph.idx_kj.numel()),
     }
+
+
+def _input_halo(
+    plan: PartitionPlan, src: Tensor, dst: Tensor, in_degree: Tensor
+) -> tuple[Halo, Tensor]:
+    """The halo of input edges ``k -> j`` that peers own, and every global edge's held row."""
+    if plan.size == 1:
+        return plan.edge_halo(None, None)
+    # Every rank that owns an edge j -> i needs every edge k -> j: pair each edge into j with
+    # each rank that owns an edge out of j.
+    out_ranks = torch.unique(torch.stack([src, plan.edge_owner]), dim=1)  # (atom j, rank)
+    entry, wanted = _edges_into(out_ranks[0], dst, in_degree)
+    return plan.edge_halo(out_ranks[1][entry], wanted)
 
 
 def _owned_triplets(

@@ -6,6 +6,7 @@ import torch
 from fairchem.core.common.registry import registry
 from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap, InteractionPPBlock
 from torch import Tensor
+from torch_scatter import scatter
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.models.base import GraphParallelModel, ShardedOutput
@@ -21,6 +22,8 @@ def halo_input_features(
     act = block.act
     x_kj = act(block.lin_kj(x)) * block.lin_rbf2(block.lin_rbf1(rbf_held[: x.shape[0]]))
     x_kj = act(block.lin_down(x_kj))  # (n_edges, int_emb_size)
+    if graph.plan.size == 1:
+        return x_kj
     return torch.cat([x_kj, graph.input_halo.exchange(x_kj)])
 
 
@@ -42,7 +45,8 @@ def interaction(
     x_kj = input_features(block, x, rbf_held, graph)[graph.idx_kj] * block.lin_sbf2(
         block.lin_sbf1(sbf)
     )  # (T, int_emb_size)
-    x_kj = x_kj.new_zeros(x.shape[0], x_kj.shape[1]).index_add(0, graph.idx_ji, x_kj)
+    # scatter, not index_add: its backward keeps the index only, not the (T, int_emb_size) rows.
+    x_kj = scatter(x_kj, graph.idx_ji, dim=0, dim_size=x.shape[0])
     h = x_ji + act(block.lin_up(x_kj))
     for layer in block.layers_before_skip:
         h = layer(h)

@@ -17,6 +17,7 @@ from fairchem.core.models.gemnet.layers.interaction_block import (
 )
 from torch import Tensor
 
+from ocp_graphpar.models.gemnet_xl.bilinear import bilinear
 from ocp_graphpar.models.gemnet_xl.graph import LocalGraph
 
 
@@ -42,7 +43,9 @@ def triplet_interaction(
     x_ba = block.dense_ba(m)
     x_ba = block.scale_rbf(x_ba * block.mlp_rbf(bases.rbf3), ref=x_ba)
     x_ba = block.down_projection(x_ba)[graph.id3_ba]  # (T, emb_size_trip)
-    x = block.mlp_cbf(bases.cbf3, x_ba, graph.id3_ca, graph.id3_ragged_idx)
+    x = bilinear(
+        block.mlp_cbf, bases.cbf3, x_ba, graph.id3_ca, graph.id3_ragged_idx, kmax=graph.kmax
+    )
     x = block.scale_cbf_sum(x, ref=x_ba)  # (n_edges, emb_size_bil_trip)
     x_ca = block.up_projection_ca(x)
     # The reverse edge a -> c may live on a peer: exchange the narrow bilinear output,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from fairchem.core.models.gemnet.utils import repeat_blocks
 from torch import Tensor
 
 from ocp_graphpar.parallel import PartitionPlan
@@ -27,6 +26,7 @@ class LocalGraph:
         idx_s: ``(n_edges,)`` source atoms as rows of ``plan.with_halo(...)``.
         idx_t: ``(n_edges,)`` target atoms as owned-atom rows.
         id3_ba, id3_ca, id3_ragged_idx: ``(T,)`` owned triplets ``b -> a <- c`` in local edges.
+        kmax: the longest triplet list of an owned edge (read on the host once per forward).
     """
 
     plan: PartitionPlan
@@ -37,6 +37,7 @@ class LocalGraph:
     id3_ba: Tensor
     id3_ca: Tensor
     id3_ragged_idx: Tensor
+    kmax: int
 
 
 def build_local_graph(model, data) -> LocalGraph:
@@ -55,13 +56,14 @@ def build_local_graph(model, data) -> LocalGraph:
     )
     return LocalGraph(
         plan=plan,
-        distance=distance[plan.edges],
-        direction=direction[plan.edges],
+        distance=plan.owned_edge_rows(distance),
+        direction=plan.owned_edge_rows(direction),
         idx_s=idx_s,
         idx_t=idx_t,
         id3_ba=id3_ba,
         id3_ca=id3_ca,
         id3_ragged_idx=id3_ragged_idx,
+        kmax=int(id3_ragged_idx.max()) + 1 if id3_ragged_idx.numel() else 0,
     )
 
 
@@ -73,7 +75,7 @@ def graph_size(model, data) -> dict[str, int]:
         "atoms": graph.plan.num_atoms,
         "edges": int(graph.idx_s.numel()),
         "triplets": int(graph.id3_ba.numel()),
-        "kmax": int(graph.id3_ragged_idx.max()) + 1,
+        "kmax": graph.kmax,
     }
 
 
@@ -97,13 +99,18 @@ def symmetric_edges(model, data) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         cutoff=cutoff,
     )
     edge_index, _, neighbors, distance, direction = model.reorder_symmetric_edges(*selected)
-    block_sizes = neighbors // 2
-    id_swap = repeat_blocks(
-        block_sizes,
-        repeats=2,
-        continuous_indexing=False,
-        start_idx=block_sizes[0],
-        block_inc=block_sizes[:-1] + block_sizes[1:],
-        repeat_inc=-block_sizes,
+    return edge_index, distance, direction, reverse_edges(neighbors, num_edges=distance.numel())
+
+
+def reverse_edges(neighbors: Tensor, *, num_edges: int) -> Tensor:
+    """``(E,)`` the reverse of every edge in upstream's symmetric order, where each system's
+    ``neighbors[i]`` edges are a half and then the same half reversed, so an edge's reverse
+    sits half a system further on (or back). The index arithmetic of upstream's
+    ``repeat_blocks`` call, with nothing read on the host."""
+    half = neighbors // 2  # (B,)
+    system = torch.repeat_interleave(
+        torch.arange(neighbors.numel(), device=neighbors.device), neighbors, output_size=num_edges
     )
-    return edge_index, distance, direction, id_swap
+    edge = torch.arange(num_edges, device=neighbors.device)
+    first_half = edge - (torch.cumsum(neighbors, 0) - neighbors)[system] < half[system]
+    return torch.where(first_half, edge + half[system], edge - half[system])

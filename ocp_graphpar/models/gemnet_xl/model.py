@@ -8,6 +8,7 @@ from fairchem.core.models.gemnet.utils import inner_product_normalized
 from torch import Tensor
 
 from ocp_graphpar.models.base import GraphParallelModel, ShardedOutput
+from ocp_graphpar.models.gemnet_xl.bilinear import down_projection
 from ocp_graphpar.models.gemnet_xl.blocks import Bases, interaction
 from ocp_graphpar.models.gemnet_xl.graph import LocalGraph, build_local_graph
 from ocp_graphpar.models.gemnet_xl.scale_file import load_scale_dict
@@ -58,7 +59,7 @@ class GemNetXL(GraphParallelModel, GemNetT):
         graph = build_local_graph(self, data)
         bases = self._bases(graph)
 
-        h = self.atom_emb(data.atomic_numbers.long()[graph.plan.atoms])  # (n_atoms, A)
+        h = self.atom_emb(graph.plan.owned_atom_rows(data.atomic_numbers.long()))  # (n_atoms, A)
         m = self.edge_emb(
             graph.plan.with_halo(h), bases.rbf, graph.idx_s, graph.idx_t
         )  # (n_edges, D)
@@ -87,7 +88,9 @@ class GemNetXL(GraphParallelModel, GemNetT):
         return Bases(
             rbf=rbf,
             rbf3=self.mlp_rbf3(rbf),
-            cbf3=self.mlp_cbf3(rad_cbf3, cbf3, graph.id3_ca, graph.id3_ragged_idx),
+            cbf3=down_projection(
+                self.mlp_cbf3, rad_cbf3, cbf3, graph.id3_ca, graph.id3_ragged_idx, kmax=graph.kmax
+            ),
             rbf_h=self.mlp_rbf_h(rbf),
             rbf_out=self.mlp_rbf_out(rbf),
         )

@@ -25,8 +25,8 @@ def build_graph(model: PaiNNXL, data) -> tuple[PartitionPlan, Tensor, Tensor]:
     """Upstream's symmetric edges of the whole batch, partitioned (PaiNN has no triplets):
     the plan, and the owned edges' lengths ``(n_edges,)`` and unit vectors ``(n_edges, 3)``."""
     edge_index, _, distance, direction, _ = model.generate_graph_values(model.replicated(data))
-    plan = model.partition(data, edge_index, triplets_per_edge=torch.zeros_like(edge_index[0]))
-    return plan, distance[plan.edges], direction[plan.edges]
+    plan = model.partition(data, edge_index, triplets_per_edge=0)
+    return plan, plan.owned_edge_rows(distance), plan.owned_edge_rows(direction)
 
 
 def message(
@@ -43,13 +43,15 @@ def message(
     """
     hidden, n_atoms = layer.hidden_channels, x.shape[0]
     xh = layer.x_proj(layer.x_layernorm(x))  # (n_atoms, 3H)
-    # One exchange carries both source-atom inputs of the message.
-    held = plan.with_halo(torch.cat([xh, vec.reshape(n_atoms, 3 * hidden)], dim=1))
-    xh_held, vec_held = held.split(3 * hidden, dim=1)
+    xh_held, vec_held = xh, vec
+    if plan.size > 1:  # one exchange carries both source-atom inputs of the message
+        held = plan.with_halo(torch.cat([xh, vec.reshape(n_atoms, 3 * hidden)], dim=1))
+        xh_held, vec_held = held.split(3 * hidden, dim=1)
+        vec_held = vec_held.reshape(-1, 3, hidden)
     # Gathered per part, so the per-edge tensors are contiguous (elementwise work is ~2x
     # faster on CPU than on strided halves of one (n_edges, 6H) tensor).
     xh_j = xh_held.index_select(0, plan.edge_src)  # (n_edges, 3H)
-    vec_j = vec_held.reshape(-1, 3, hidden).index_select(0, plan.edge_src)  # (n_edges, 3, H)
+    vec_j = vec_held.index_select(0, plan.edge_src)  # (n_edges, 3, H)
 
     dx, xh2, xh3 = torch.split(xh_j * layer.rbf_proj(edge_rbf), hidden, dim=-1)
     along_edge = xh3.unsqueeze(1) * edge_vector.unsqueeze(2)  # (n_edges, 3, H)
@@ -113,7 +115,7 @@ class PaiNNXL(GraphParallelModel, PaiNN):
         plan, distance, edge_vector = build_graph(self, data)
         edge_rbf = self.radial_basis(distance)  # (n_edges, num_rbf)
 
-        x = self.atom_emb(data.atomic_numbers.long()[plan.atoms])  # (n_atoms, H)
+        x = self.atom_emb(plan.owned_atom_rows(data.atomic_numbers.long()))  # (n_atoms, H)
         vec = x.new_zeros(x.shape[0], 3, x.shape[1])
         for i, (message_layer, update_layer) in enumerate(
             zip(self.message_layers, self.update_layers)

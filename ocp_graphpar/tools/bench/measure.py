@@ -24,13 +24,15 @@ from ocp_graphpar.tools.bench.wire import count_wire_bytes
 FORCE_COEFFICIENT = 100.0
 
 
-def training_step(model: torch.nn.Module, batch) -> None:
-    """Forward, loss and backward of one S2EF training step."""
+def training_step(model: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
+    """Forward, loss and backward of one S2EF training step; returns the outputs, detached
+    (``energy (B, *)``, ``forces (N, 3)``)."""
     out = model(batch.clone())
     energy = out["energy"].reshape(-1)
     loss = (energy - batch.energy.to(energy.dtype)).abs().mean()
     force_error = (out["forces"] - batch.forces.to(energy.dtype)).norm(dim=-1).mean()
     (loss + FORCE_COEFFICIENT * force_error).backward()
+    return {key: value.detach() for key, value in out.items()}
 
 
 def _allocate_gradients(model: torch.nn.Module) -> None:

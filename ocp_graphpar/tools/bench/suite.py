@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ class Workload:
     repeats: int | None = None  # timed steps per run (default: the suite's)
     paired_timing: list[str] = field(default_factory=list)  # timed alternately at P = 1
     paired_rounds: int = 2  # alternating blocks per paired contender (2 timed steps each)
+    tiny_overrides: dict = field(default_factory=dict)  # model widths under `bench --tiny`
 
     def model_config(self) -> dict:
         """The config's ``model`` section, run on the edges the batch carries."""
@@ -62,6 +63,12 @@ class Suite:
     sizes: list[int]
     repeats: int = 2
     plans: list[dict] = field(default_factory=list)  # ``ocp-graphpar plan`` arguments
+    # A device suite (`device:` set) measures each contender at P = 1 on that device and runs
+    # `gp_check` (see tools/bench/device_suite.py); `timing` is its {warmup, steps}.
+    device: str | None = None
+    timing: dict = field(default_factory=dict)
+    gp_check: dict | None = None
+    tiny: dict = field(default_factory=dict)  # `--tiny` besides widths: {timing, systems}
 
     def select(self, names: list[str] | None) -> Suite:
         """The workloads named (and the memory plans if ``plans`` is named)."""
@@ -72,7 +79,19 @@ class Suite:
             known = ", ".join([w.name for w in self.workloads] + [PLANS])
             raise UserFacingError(f"no workload named {sorted(unknown)} (the suite has: {known})")
         chosen = [w for w in self.workloads if w.name in names]
-        return Suite(chosen, self.sizes, self.repeats, self.plans if PLANS in names else [])
+        return replace(self, workloads=chosen, plans=self.plans if PLANS in names else [])
+
+    def at_tiny_widths(self) -> Suite:
+        """Every workload with its ``tiny_overrides`` applied (and its first ``tiny.systems``
+        systems), and the ``tiny`` timing: the same code at sizes a CPU test runs quickly."""
+        count = self.tiny.get("systems")
+        workloads = [replace(w, overrides={**w.overrides, **w.tiny_overrides},
+                             systems=w.systems[:count] if count else w.systems,
+                             description=f"{w.description}, at tiny widths (--tiny)"
+                             if w.tiny_overrides else w.description)
+                     for w in self.workloads]  # fmt: skip
+        return replace(self, workloads=workloads,
+                       timing={**self.timing, **self.tiny.get("timing", {})})  # fmt: skip
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
@@ -90,7 +109,21 @@ def load_suite(path: str | os.PathLike) -> Suite:
                 f"choose from {sorted(CONTENDERS)}"
             )
     sizes = list(spec.get("sizes", [1, 2, 4]))
-    return Suite(workloads, sizes, int(spec.get("repeats", 2)), list(spec.get("plans", [])))
+    gp_check = spec.get("gp_check")
+    if gp_check:
+        unknown = set(gp_check.get("workloads", [])) - {w.name for w in workloads}
+        if unknown:
+            raise UserFacingError(f"gp_check names unknown workloads {sorted(unknown)}")
+    return Suite(
+        workloads,
+        sizes,
+        int(spec.get("repeats", 2)),
+        list(spec.get("plans", [])),
+        device=spec.get("device"),
+        timing=dict(spec.get("timing", {})),
+        gp_check=gp_check,
+        tiny=dict(spec.get("tiny", {})),
+    )
 
 
 def load_batch(systems: list[str], cutoff: float, max_neighbors: int):
@@ -158,7 +191,7 @@ def run_suite(suite: Suite, journal: Journal | None = None) -> list[dict]:
         for w, cfg in prepared
     }
     jobs = _jobs(suite, prepared, batches)
-    records = [_workload_record(w, batches[w.name]) for w in suite.workloads]
+    records = [workload_record(w, batches[w.name]) for w in suite.workloads]
     progress = tqdm(total=len(jobs), desc="bench", unit="run")
     pending = []
     for job in jobs:
@@ -284,6 +317,7 @@ def _definition(workload: Workload, suite: Suite, paired: bool = False) -> str:
     """What a workload's records depend on: its definition (the paired-timing fields only for
     the paired record), its config file, the sizes and the default repeats."""
     spec = asdict(workload)
+    spec.pop("tiny_overrides")  # applied to `overrides` when used
     for key in ("description", "floors", "contenders", "paired_timing", "paired_rounds"):
         if not (paired and key.startswith("paired")):
             spec.pop(key)
@@ -331,13 +365,15 @@ def _run_record(
     }
 
 
-def _workload_record(workload: Workload, batch) -> dict:
+def workload_record(workload: Workload, batch) -> dict:
+    """What a report says about a workload and its batch."""
     return {
         "kind": "workload",
         "workload": workload.name,
         "description": workload.description,
         "config": workload.config,
         "family": workload.family,
+        "overrides": workload.overrides,
         "systems": workload.systems,
         "floors": workload.floors,
         "atoms": int(batch.natoms.sum()),

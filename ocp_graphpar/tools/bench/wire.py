@@ -60,12 +60,18 @@ def _all_to_all_single(
 
 
 _ACCOUNTING = {
-    "all_gather": _all_gather,
-    "all_gather_into_tensor": _all_gather_into_tensor,
-    "all_reduce": _all_reduce,
-    "reduce_scatter": _reduce_scatter,
-    "reduce_scatter_tensor": _reduce_scatter_tensor,
-    "all_to_all_single": _all_to_all_single,
+    name: account
+    for name, account in {
+        "all_gather": _all_gather,
+        "all_gather_into_tensor": _all_gather_into_tensor,
+        "all_gather_single": _all_gather_into_tensor,  # its newer name
+        "all_reduce": _all_reduce,
+        "reduce_scatter": _reduce_scatter,
+        "reduce_scatter_tensor": _reduce_scatter_tensor,
+        "reduce_scatter_single": _reduce_scatter_tensor,  # its newer name
+        "all_to_all_single": _all_to_all_single,
+    }.items()
+    if hasattr(dist, name)
 }
 
 
