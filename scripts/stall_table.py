@@ -2,8 +2,8 @@
 and 4 held-out OC20 systems -> docs/stalls.md (the counts tests/test_stalls.py holds).
 
 Counted on CPU with ``ocp_graphpar.tools.bench.stalls.StallCounter`` (what would make a CUDA
-stream wait for the host); the models are the tests' tiny ones, with GemNet-XL's six blocks
-(counts do not depend on widths).
+stream wait for the host); the models are the tests' tiny ones, GemNet with GemNet-XL's blocks
+and layers (counts do not depend on widths).
 
     .venv/bin/python scripts/stall_table.py
 """
@@ -26,9 +26,10 @@ from ocp_graphpar.tools.bench.measure import training_step  # noqa: E402
 from ocp_graphpar.tools.bench.stalls import StallCounter  # noqa: E402
 
 SYSTEMS = (1, 2, 4)
+GEMNET_XL_LAYERS = dict(num_blocks=6, num_before_skip=1, num_after_skip=2, num_atom=3)
 ROWS = [
-    ("GemNet-XL", lambda: gemnet_cases.graph_parallel_model(num_blocks=6)),
-    ("upstream gemnet_t", lambda: gemnet_cases.upstream_model(num_blocks=6)),
+    ("GemNet-XL", lambda: gemnet_cases.graph_parallel_model(**GEMNET_XL_LAYERS)),
+    ("upstream gemnet_t", lambda: gemnet_cases.upstream_model(**GEMNET_XL_LAYERS)),
     ("DimeNet++-XL", dimenet_cases.graph_parallel_model),
     ("DimeNet++-XL, detach_angles", lambda: dimenet_cases.graph_parallel_model(detach_angles=True)),
     ("upstream dimenetplusplus", dimenet_cases.upstream_model),
