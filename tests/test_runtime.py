@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from ase import Atoms
@@ -252,3 +254,44 @@ def test_partition_balance_and_locality_on_oc20(size, systems):
         plan.stats.cut_edges < index_upstream.stats.cut_edges
         or index_upstream.stats.load_imbalance > 1.10
     )
+
+
+def test_single_rank_plan_from_shapes_equals_the_general_plan():
+    """A GP group of one gets its plan without the balancer or halos; it must be the plan the
+    general builder makes when every atom is given to rank 0, statistics included."""
+    graph = oc20_batch(3)
+    args = (graph.batch, graph.pos, graph.cell, graph.edge_index)
+    fast = build_partition(*args, size=1, rank=0, reverse_edge=graph.reverse_edge)
+    general = build_partition(
+        *args,
+        size=1,
+        rank=0,
+        reverse_edge=graph.reverse_edge,
+        atom_owner=torch.zeros_like(graph.batch),
+    )
+    for name in ("atoms", "edges", "edge_src", "edge_dst", "edge_reverse", "atom_system"):
+        assert torch.equal(getattr(fast, name), getattr(general, name)), name
+    for name in ("atom_owner", "edge_owner", "edge_rows", "edge_gather_index", "atom_gather_index"):
+        assert torch.equal(getattr(fast, name), getattr(general, name)), name
+    assert fast.atom_counts == general.atom_counts
+    assert fast.stats.load == pytest.approx(general.stats.load, rel=1e-12)  # summed differently
+    assert replace(fast.stats, load=general.stats.load) == general.stats
+
+
+def test_plan_moves_every_index_tensor_to_the_device():
+    """At P > 1 the plan is built on the host and moved; nothing may stay behind."""
+    from dataclasses import fields
+
+    graph = oc20_batch(2)
+    plan = build_partition(
+        graph.batch, graph.pos, graph.cell, graph.edge_index, size=2, rank=1,
+        reverse_edge=graph.reverse_edge,
+    )  # fmt: skip
+    moved = plan.to(torch.device("meta"))
+    for f in fields(moved):
+        value = getattr(moved, f.name)
+        tensors = [value] if isinstance(value, torch.Tensor) else []
+        if hasattr(value, "send_index"):
+            tensors = [value.send_index, value.recv_global]
+        assert all(t.device.type == "meta" for t in tensors), f.name
+    assert moved.stats == plan.stats  # counted on the host, where the plan was built
