@@ -64,10 +64,12 @@ class GemNetXL(GraphParallelModel, GemNetT):
             graph.plan.with_halo(h), bases.rbf, graph.idx_s, graph.idx_t
         )  # (n_edges, D)
 
-        E_t, F_st = self.out_blocks[0](h, m, bases.rbf_out, graph.idx_t)
+        # Output blocks are checkpointed too: their per-edge force heads hold most of what is
+        # alive at a checkpointed step's peak otherwise.
+        E_t, F_st = self.checkpointed(self.out_blocks[0], h, m, bases.rbf_out, graph.idx_t)
         for block, out_block in zip(self.int_blocks, self.out_blocks[1:]):
             h, m = self.checkpointed(interaction, block, h, m, bases, graph)
-            E, F = out_block(h, m, bases.rbf_out, graph.idx_t)
+            E, F = self.checkpointed(out_block, h, m, bases.rbf_out, graph.idx_t)
             F_st = F_st + F
             E_t = E_t + E
         forces = self._direct_forces(F_st, graph) if self.direct_forces else None
