@@ -148,3 +148,13 @@ def test_plan_command_names_a_missing_config(capsys):
     code = main(["plan", "--config", "no/such.yml", "--atoms", "10", "--edges", "100"])
     assert code == 2
     assert "config no/such.yml does not exist" in capsys.readouterr().err
+
+
+def test_activation_formula_covers_both_phases_of_the_step(traces):
+    """The step's peak can fall in the forward pass at one width and in the backward pass at
+    another, so the trace keeps what was live at each phase's peak and takes the larger."""
+    peak = traces("gemnet").activations
+    assert len(peak.phases) == 2
+    values = {**widths_of("gemnet", CONFIGS["gemnet"]()), "atoms": 71, "edges": 2330}
+    values.update(triplets=80670, kmax=49)
+    assert peak.evaluate(values) == max(phase.evaluate(values) for phase in peak.phases)

@@ -1,6 +1,10 @@
-"""Forward passes of upstream GemNet's efficient triplet layers, with the longest triplet
-list of an edge (``kmax``) read once per forward, when the graph is built, instead of with a
-host read in every layer call (a stream stall per block on a GPU).
+"""Forward passes of upstream GemNet's efficient triplet layers, with two changes.
+
+- The longest triplet list of an edge (``kmax``) is read once per forward, when the graph is
+  built, instead of with a host read in every layer call (a stream stall per block on a GPU).
+- The bilinear contraction over ``(emb_size_trip, emb_size_interm)`` is one matmul with the
+  weight flattened, where upstream materialises ``(emb_size_trip, n_edges, units_out)`` and
+  then sums it: 686 MB per block at GemNet-XL widths for 2,327 edges.
 
 The modules are fairchem's own (``EfficientInteractionDownProjection``,
 ``EfficientInteractionBilinear``), so parameters are upstream's.
@@ -66,8 +70,7 @@ def bilinear(
     padded[id_reduce, id_ragged_idx] = m
     sum_k = torch.matmul(sph, padded)  # (n_edges, num_spherical, emb_size_trip)
     rbf_W1_sum_k = torch.matmul(rbf_W1, sum_k)  # (n_edges, emb_size_interm, emb_size_trip)
-    # weight (emb_size_trip, emb_size_interm, units_out)
-    m_ca = torch.matmul(
-        rbf_W1_sum_k.permute(2, 0, 1), layer.weight
-    )  # (emb_size_trip, n_edges, out)
-    return m_ca.sum(dim=0)
+    # weight (emb_size_trip, emb_size_interm, units_out): contract both leading axes in one
+    # matmul, where upstream materialises (emb_size_trip, n_edges, units_out) and sums it.
+    flat = rbf_W1_sum_k.transpose(1, 2).reshape(num_edges, -1)
+    return flat @ layer.weight.reshape(flat.shape[1], -1)

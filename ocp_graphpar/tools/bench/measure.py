@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -24,10 +25,15 @@ from ocp_graphpar.tools.bench.wire import count_wire_bytes
 FORCE_COEFFICIENT = 100.0
 
 
-def training_step(model: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
+def training_step(
+    model: torch.nn.Module, batch, *, after_forward: Callable[[], None] | None = None
+) -> dict[str, torch.Tensor]:
     """Forward, loss and backward of one S2EF training step; returns the outputs, detached
-    (``energy (B, *)``, ``forces (N, 3)``)."""
+    (``energy (B, *)``, ``forces (N, 3)``). ``after_forward`` is called between the forward
+    pass and the loss."""
     out = model(batch.clone())
+    if after_forward is not None:
+        after_forward()
     energy = out["energy"].reshape(-1)
     loss = (energy - batch.energy.to(energy.dtype)).abs().mean()
     force_error = (out["forces"] - batch.forces.to(energy.dtype)).norm(dim=-1).mean()

@@ -25,7 +25,8 @@ class LiveTensorBytes(TorchDispatchMode):
     """Bytes of the storages created inside the block that are still alive, and their peak.
 
     Storages are counted once however many views share them. ``shapes_at_peak`` lists the
-    shapes of the tensors that created the storages live at the peak (for the memory planner).
+    shapes of the tensors that created the storages live at the peak (for the memory planner);
+    after :meth:`mark_phase` calls, ``phase_peaks`` lists them at each phase's own peak.
     """
 
     def __init__(self, record_shapes: bool = False) -> None:
@@ -34,6 +35,9 @@ class LiveTensorBytes(TorchDispatchMode):
         self.peak = 0
         self.record_shapes = record_shapes
         self.shapes_at_peak: list[tuple[tuple[int, ...], int]] = []
+        self._closed_phases: list[list[tuple[tuple[int, ...], int]]] = []
+        self._phase_peak = 0
+        self._phase_shapes: list[tuple[tuple[int, ...], int]] = []
         self._storages: dict[int, tuple[weakref.ref, int, tuple[int, ...], int]] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -68,12 +72,29 @@ class LiveTensorBytes(TorchDispatchMode):
             tensor.element_size(),
         )
         self.live += nbytes
+        if self.live > self._phase_peak:
+            self._phase_peak = self.live
+            if self.record_shapes:
+                self._phase_shapes = self._live_shapes()
         if self.live > self.peak:
             self.peak = self.live
             if self.record_shapes:
-                self.shapes_at_peak = [
-                    (shape, size) for _, _, shape, size in self._storages.values()
-                ]
+                self.shapes_at_peak = self._phase_shapes
+
+    def mark_phase(self) -> None:
+        """Close the current phase (e.g. the forward pass): its peak is kept apart, and the
+        next phase's peak is tracked from what is live now."""
+        self._closed_phases.append(self._phase_shapes)
+        self._phase_peak = self.live
+        self._phase_shapes = self._live_shapes() if self.record_shapes else []
+
+    @property
+    def phase_peaks(self) -> list[list[tuple[tuple[int, ...], int]]]:
+        """Shapes live at each phase's peak, the current phase last."""
+        return [*self._closed_phases, self._phase_shapes]
+
+    def _live_shapes(self) -> list[tuple[tuple[int, ...], int]]:
+        return [(shape, size) for _, _, shape, size in self._storages.values()]
 
     def _release(self, key: int) -> None:
         entry = self._storages.pop(key, None)

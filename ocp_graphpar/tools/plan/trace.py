@@ -62,10 +62,22 @@ def _symbol(symbol: str, values: dict[str, float]) -> float:
 
 
 @dataclass(frozen=True)
+class Peak:
+    """Bytes at a training step's peak: the largest of the formulas of what was live at each
+    phase's peak in the probe (forward, then loss and backward). At other widths the step's peak
+    can fall in the other phase than it did in the probe, so each is evaluated."""
+
+    phases: tuple[Formula, ...]
+
+    def evaluate(self, values: dict[str, float]) -> float:
+        return max(phase.evaluate(values) for phase in self.phases)
+
+
+@dataclass(frozen=True)
 class Trace:
     family: str
     parameters: Formula  # element counts
-    activations: Formula  # bytes at the peak of a training step
+    activations: Peak  # bytes at the peak of a training step
     unresolved: int  # dimensions read as constants although they were not small
 
 
@@ -126,7 +138,7 @@ def trace_model(family: str, model_config: dict) -> Trace:
     for param in model.parameters():
         param.grad = torch.zeros_like(param)
     with LiveTensorBytes(record_shapes=True) as tracker:
-        training_step(model, batch)
+        training_step(model, batch, after_forward=tracker.mark_phase)
     widths = {value: ((name,),) for name, value in markers.items()}
     sizes = {value: ((name,),) for name, value in graph.items() if value > 0}
     sizes.setdefault(int(batch.edge_index.shape[1]), (("edges",),))  # the input graph's edges
@@ -136,7 +148,9 @@ def trace_model(family: str, model_config: dict) -> Trace:
     halved = {value: term for value, term in widths.items() if value // 2 in dims}
     readings = _readings(widths, sizes, halved=halved)
     parameters, missed_p = _formula(((p.shape, 1) for p in model.parameters()), readings)
-    activations, missed_a = _formula(tracker.shapes_at_peak, readings)
+    phases = [_formula(shapes, readings) for shapes in tracker.phase_peaks]
+    missed_a = max(missed for _, missed in phases)
+    activations = Peak(tuple(formula for formula, _ in phases))
     return Trace(family, parameters, activations, missed_p + missed_a)
 
 
