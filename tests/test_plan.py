@@ -13,7 +13,7 @@ from oc20 import require_oc20_mini
 
 from ocp_graphpar.cli import main
 from ocp_graphpar.tools.bench.contenders import build_contender
-from ocp_graphpar.tools.bench.measure import measure_contender
+from ocp_graphpar.tools.bench.measure import measure_contender, training_step
 from ocp_graphpar.tools.bench.suite import load_batch
 from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes, model_state
 from ocp_graphpar.tools.plan.trace import (
@@ -158,3 +158,24 @@ def test_activation_formula_covers_both_phases_of_the_step(traces):
     values = {**widths_of("gemnet", CONFIGS["gemnet"]()), "atoms": 71, "edges": 2330}
     values.update(triplets=80670, kmax=49)
     assert peak.evaluate(values) == max(phase.evaluate(values) for phase in peak.phases)
+
+
+def test_config_beyond_the_paper_plans_onto_80_gib_and_runs_narrow(capsys, oc20_batch):
+    """``configs/s2ef/gemnet_t_2.5B.yml``: ~2.57B parameters (the planner's parameter formula
+    is exact, see above), planned onto 80 GiB GPUs for OC20-sized structures, and built and
+    trained for one step at 1/32 of its widths (the full model is 10 GB of float32)."""
+    config_path = "configs/s2ef/gemnet_t_2.5B.yml"
+    args = ["plan", "--config", config_path, "--atoms", "80", "--edges", "3000", "--json"]
+    assert main([*args, "--gpu-mem", "80"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 2.4e9 < report["parameters"] < 2.7e9
+    assert report["rows"][-1]["fits"] and report["recommended_gp"] <= 2
+
+    config = dict(load_config(str(REPO / config_path))[0]["model"])
+    config.pop("name")
+    narrow = {name: max(config[name] // 32, 2) for name in WIDTHS["gemnet"] if name in config}
+    model = build_contender("ours", "gemnet", {**config, **narrow, **precomputed_graph("gemnet")})
+    assert len(model.int_blocks) == 10
+    outputs = training_step(model.train(), oc20_batch)
+    assert torch.isfinite(outputs["forces"]).all()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
