@@ -19,14 +19,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import dimenet_cases  # noqa: E402
 import gemnet_cases  # noqa: E402
 import painn_cases  # noqa: E402
-from oc20 import fairchem_batch, oc20_atoms, oc20_systems  # noqa: E402
+from stall_cases import GEMNET_XL_LAYERS, count_step, held_out_batch  # noqa: E402
 
 from ocp_graphpar.atomic import write_atomic  # noqa: E402
-from ocp_graphpar.tools.bench.measure import training_step  # noqa: E402
-from ocp_graphpar.tools.bench.stalls import StallCounter  # noqa: E402
 
 SYSTEMS = (1, 2, 4)
-GEMNET_XL_LAYERS = dict(num_blocks=6, num_before_skip=1, num_after_skip=2, num_atom=3)
 ROWS = [
     ("GemNet-XL", lambda: gemnet_cases.graph_parallel_model(**GEMNET_XL_LAYERS)),
     ("upstream gemnet_t", lambda: gemnet_cases.upstream_model(**GEMNET_XL_LAYERS)),
@@ -38,18 +35,8 @@ ROWS = [
 ]
 
 
-def count(model, batch) -> StallCounter:
-    model.train()
-    training_step(model, batch)  # lazy initialisation outside the count
-    with StallCounter() as counter:
-        training_step(model, batch)
-    return counter
-
-
 def main() -> None:
-    batches = {
-        n: fairchem_batch([oc20_atoms(s) for s in oc20_systems(n, max_atoms=90)]) for n in SYSTEMS
-    }
+    batches = {n: held_out_batch(n) for n in SYSTEMS}
     header = " | ".join(f"{n} system{'s' * (n > 1)}" for n in SYSTEMS)
     lines = [
         "# Host stalls per training step (P = 1)",
@@ -63,7 +50,7 @@ def main() -> None:
         "|---|" + "---:|" * len(SYSTEMS) + "---|",
     ]
     for name, build in ROWS:
-        counts = {n: count(build(), batches[n]) for n in SYSTEMS}
+        counts = {n: count_step(build(), batches[n]) for n in SYSTEMS}
         cells = " | ".join(f"{c.num_stalls} / {c.operators:,}" for c in counts.values())
         by_op = ", ".join(f"{op} {k}" for op, k in counts[SYSTEMS[-1]].stalls.most_common())
         lines.append(f"| {name} | {cells} | {by_op} |")

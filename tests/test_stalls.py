@@ -12,15 +12,12 @@ import dimenet_cases
 import gemnet_cases
 import painn_cases
 import pytest
-from oc20 import fairchem_batch, oc20_atoms, oc20_systems
-
-from ocp_graphpar.tools.bench.measure import training_step
-from ocp_graphpar.tools.bench.stalls import StallCounter
+import torch
+from stall_cases import GEMNET_XL_LAYERS, count_step, held_out_batch
 
 SYSTEMS = (1, 4)
 MAX_STALLS = 40  # per step with 4 systems (issue #18)
 MAX_GROWTH = 8  # more stalls with 4 systems than with 1
-GEMNET_XL_LAYERS = dict(num_blocks=6, num_before_skip=1, num_after_skip=2, num_atom=3)
 
 FAMILIES = {
     "gemnet": (
@@ -37,24 +34,20 @@ FAMILIES = {
 }
 
 
-def _batch(num_systems: int):
-    return fairchem_batch([oc20_atoms(s) for s in oc20_systems(num_systems, max_atoms=90)])
-
-
-def _count(model, batch) -> StallCounter:
-    model.train()
-    training_step(model, batch)  # lazy initialisation happens outside the count
-    with StallCounter() as counter:
-        training_step(model, batch)
-    return counter
+@pytest.fixture(scope="module", autouse=True)
+def keep_default_dtype():
+    """The float64 test models set float64 as the default dtype; restore it for later modules."""
+    previous = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="module")
 def counts() -> dict:
-    """``{(family, contender, systems): StallCounter}``."""
-    batches = {n: _batch(n) for n in SYSTEMS}
+    """``{(family, contender, systems): StallCounter}`` of one training step."""
+    batches = {n: held_out_batch(n) for n in SYSTEMS}
     return {
-        (family, contender, n): _count(build(), batches[n])
+        (family, contender, n): count_step(build(), batches[n])
         for family, builders in FAMILIES.items()
         for contender, build in zip(("ours", "upstream"), builders)
         for n in SYSTEMS

@@ -43,14 +43,13 @@ def atom_work(
     edge_index: Tensor,
     num_atoms: int,
     *,
-    triplets_per_edge: Tensor | None = None,
+    triplets_per_edge: Tensor | int | None = None,
     weights: WorkWeights | None = None,
 ) -> Tensor:
     """``(N,)`` estimated work of each atom: its own, its incoming edges' and their triplets'."""
     dst = edge_index[1]
     in_degree = torch.bincount(dst, minlength=num_atoms)
-    if triplets_per_edge is None:
-        triplets_per_edge = shared_target_triplets(dst, num_atoms=num_atoms)
+    triplets_per_edge = resolve_triplets(triplets_per_edge, dst, num_atoms=num_atoms)
     triplets = torch.zeros(num_atoms, dtype=torch.double, device=dst.device)
     triplets.index_add_(0, dst, triplets_per_edge.double())
     weights = weights or WorkWeights()

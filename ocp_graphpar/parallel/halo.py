@@ -41,6 +41,13 @@ class Halo:
             self, send_index=self.send_index.to(device), recv_global=self.recv_global.to(device)
         )
 
+    def extend(self, owned: Tensor) -> Tensor:
+        """``owned (n_owned, *F)`` followed by the received rows, ``(n_owned + n_recv, *F)``:
+        the rows a rank's work indexes. In a GP group of one rank that is ``owned`` itself."""
+        if len(self.send_counts) == 1:
+            return owned
+        return torch.cat([owned, self.exchange(owned)])
+
     def exchange(self, owned: Tensor) -> Tensor:
         """Rows of peers' owned tensors that this rank needs.
 

@@ -127,9 +127,7 @@ class PartitionPlan:
     def with_halo(self, owned_atoms: Tensor) -> Tensor:
         """Owned per-atom rows ``(n_atoms, *F)`` followed by the halo atoms' rows from their
         owners; ``edge_src`` and ``edge_dst`` index the result."""
-        if self.size == 1:
-            return owned_atoms
-        return torch.cat([owned_atoms, self.atom_halo.exchange(owned_atoms)])
+        return self.atom_halo.extend(owned_atoms)
 
     def source_rows(self, owned_atoms: Tensor) -> Tensor:
         """Per-edge source-atom rows ``(n_edges, *F)`` from owned per-atom rows ``(n_atoms, *F)``."""
@@ -139,10 +137,7 @@ class PartitionPlan:
         """Per-edge rows of each owned edge's reverse edge, ``(n_edges, *F)``."""
         if self.reverse_halo is None or self.edge_reverse is None:
             raise ValueError("the plan was built without reverse edges")
-        if self.size == 1:
-            return owned_edges[self.edge_reverse]
-        extended = torch.cat([owned_edges, self.reverse_halo.exchange(owned_edges)])
-        return extended[self.edge_reverse]
+        return self.reverse_halo.extend(owned_edges)[self.edge_reverse]
 
     def edge_halo(self, requester: Tensor | None, edge: Tensor | None) -> tuple[Halo, Tensor]:
         """A halo of edges other ranks own, for models whose work needs more than the reverse

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from fairchem.core.common.registry import registry
 from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap, InteractionPPBlock
 from torch import Tensor
@@ -22,9 +21,7 @@ def halo_input_features(
     act = block.act
     x_kj = act(block.lin_kj(x)) * block.lin_rbf2(block.lin_rbf1(rbf_held[: x.shape[0]]))
     x_kj = act(block.lin_down(x_kj))  # (n_edges, int_emb_size)
-    if graph.plan.size == 1:
-        return x_kj
-    return torch.cat([x_kj, graph.input_halo.exchange(x_kj)])
+    return graph.input_halo.extend(x_kj)
 
 
 def interaction(

@@ -24,9 +24,9 @@ from torch.utils._pytree import tree_flatten
 class LiveTensorBytes(TorchDispatchMode):
     """Bytes of the storages created inside the block that are still alive, and their peak.
 
-    Storages are counted once however many views share them. ``shapes_at_peak`` lists the
-    shapes of the tensors that created the storages live at the peak (for the memory planner);
-    after :meth:`mark_phase` calls, ``phase_peaks`` lists them at each phase's own peak.
+    Storages are counted once however many views share them. With ``record_shapes``,
+    ``phase_peaks`` lists the shapes of the tensors that created the storages live at the peak
+    of each phase (:meth:`mark_phase` starts the next), for the memory planner.
     """
 
     def __init__(self, record_shapes: bool = False) -> None:
@@ -34,7 +34,6 @@ class LiveTensorBytes(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self.record_shapes = record_shapes
-        self.shapes_at_peak: list[tuple[tuple[int, ...], int]] = []
         self._closed_phases: list[list[tuple[tuple[int, ...], int]]] = []
         self._phase_peak = 0
         self._phase_shapes: list[tuple[tuple[int, ...], int]] = []
@@ -76,10 +75,7 @@ class LiveTensorBytes(TorchDispatchMode):
             self._phase_peak = self.live
             if self.record_shapes:
                 self._phase_shapes = self._live_shapes()
-        if self.live > self.peak:
-            self.peak = self.live
-            if self.record_shapes:
-                self.shapes_at_peak = self._phase_shapes
+        self.peak = max(self.peak, self.live)
 
     def mark_phase(self) -> None:
         """Close the current phase (e.g. the forward pass): its peak is kept apart, and the
