@@ -70,10 +70,12 @@ def test_ddp_gradient_equals_single_process(gloo_world, world, gp, direct_forces
             assert rel_err(result["grads"][name], grad) < 1e-9, name
 
 
-def test_activation_checkpointing_keeps_gradients(gloo_world):
+@pytest.mark.parametrize("direct_forces", [True, False])
+def test_activation_checkpointing_keeps_gradients(gloo_world, direct_forces):
+    """Both force modes; with -dE/dpos the loss's backward differentiates recomputed gradients."""
     batches = [fairchem_batch(oc20_batch_atoms(2))]
-    expected = reference_gradients(partial(upstream_model, direct_forces=True), batches)
-    build = partial(graph_parallel_model, direct_forces=True)
+    expected = reference_gradients(partial(upstream_model, direct_forces=direct_forces), batches)
+    build = partial(graph_parallel_model, direct_forces=direct_forces)
     options = {"activation_checkpointing": True}
     results = gloo_world(2).run(ddp_gradients, partial(build, options=options), batches)
     plain = gloo_world(2).run(ddp_gradients, build, batches)

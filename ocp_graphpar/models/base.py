@@ -28,8 +28,8 @@ import torch
 from fairchem.core.common import distutils
 from fairchem.core.common.utils import conditional_grad
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
+from ocp_graphpar.models.checkpointing import checkpoint_block
 from ocp_graphpar.models.gradient_scaling import scale_gradient_for_ddp
 from ocp_graphpar.models.scale_factors import fit_scale_factors, make_scale_factors_graph_parallel
 from ocp_graphpar.parallel import PartitionPlan, WorkWeights, build_partition, copy_replicated
@@ -158,9 +158,11 @@ class GraphParallelModel:
 
     def checkpointed(self, block: Callable[..., Output], *args) -> Output:
         """``block(*args)``, recomputed in the backward pass when activation checkpointing is on
-        (and autograd records)."""
+        (and autograd records); also when forces are ``-dE/dpos`` (see :mod:`.checkpointing`).
+        Modules the block uses must be ``block`` or among ``args``, so their parameters get
+        gradients."""
         if self.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
+            return checkpoint_block(block, *args)
         return block(*args)
 
     def _fit_scale_factors(self, data) -> None:

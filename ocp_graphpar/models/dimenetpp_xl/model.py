@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fairchem.core.common.registry import registry
 from fairchem.core.models.dimenet_plus_plus import DimeNetPlusPlusWrap, InteractionPPBlock
 from torch import Tensor
@@ -9,6 +11,7 @@ from torch_scatter import scatter
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.models.base import GraphParallelModel, ShardedOutput
+from ocp_graphpar.models.checkpointing import call
 from ocp_graphpar.models.dimenetpp_xl.graph import TripletGraph, build_triplet_graph
 
 
@@ -24,7 +27,7 @@ def halo_input_features(
     return graph.input_halo.extend(x_kj)
 
 
-def interaction(
+def messages(
     block: InteractionPPBlock,
     x: Tensor,
     rbf_held: Tensor,
@@ -32,7 +35,8 @@ def interaction(
     graph: TripletGraph,
     input_features=halo_input_features,
 ) -> Tensor:
-    """One DimeNet++ interaction block on owned edge features ``x (n_edges, hidden)``.
+    """The message half of a DimeNet++ interaction block on owned edge features
+    ``x (n_edges, hidden)``: the directional messages of every triplet, summed into their edge.
 
     ``rbf_held (n_held, num_radial)`` for held edges, ``sbf (T, num_spherical * num_radial)``
     for owned triplets; ``input_features`` gives the held input edges' features.
@@ -44,12 +48,36 @@ def interaction(
     )  # (T, int_emb_size)
     # scatter, not index_add: its backward keeps the index only, not the (T, int_emb_size) rows.
     x_kj = scatter(x_kj, graph.idx_ji, dim=0, dim_size=x.shape[0])
-    h = x_ji + act(block.lin_up(x_kj))
+    return x_ji + act(block.lin_up(x_kj))
+
+
+def skip(block: InteractionPPBlock, h: Tensor, x: Tensor) -> Tensor:
+    """The block's skip connection: ``act(lin(h)) + x``, both ``(n_edges, hidden)``."""
+    return block.act(block.lin(h)) + x
+
+
+def interaction(
+    block: InteractionPPBlock,
+    x: Tensor,
+    rbf_held: Tensor,
+    sbf: Tensor,
+    graph: TripletGraph,
+    input_features=halo_input_features,
+    *,
+    run: Callable[..., Tensor] = call,
+) -> Tensor:
+    """One DimeNet++ interaction block on owned edge features ``x (n_edges, hidden)``.
+
+    ``run(unit, *args)`` calls each of its units (messages, residual layers, skip): the model
+    passes its checkpointing, so each unit is recomputed on its own, and a unit's gradient graph
+    is all that is alive at once in the loss's backward pass.
+    """
+    h = run(messages, block, x, rbf_held, sbf, graph, input_features)
     for layer in block.layers_before_skip:
-        h = layer(h)
-    h = act(block.lin(h)) + x
+        h = run(layer, h)
+    h = run(skip, block, h, x)
     for layer in block.layers_after_skip:
-        h = layer(h)
+        h = run(layer, h)
     return h
 
 
@@ -105,9 +133,15 @@ class DimeNetPPXL(GraphParallelModel, DimeNetPlusPlusWrap):
         sbf = self.sbf(graph.distance, graph.angle, graph.idx_kj)
         rbf = rbf_held[: plan.num_edges]
 
-        x = self.emb(data.atomic_numbers.long(), rbf, graph.edge_dst_global, graph.edge_src_global)
-        P = self.output_blocks[0](x, rbf, plan.edge_dst, num_nodes=plan.num_atoms)
+        x = self.checkpointed(
+            self.emb, data.atomic_numbers.long(), rbf, graph.edge_dst_global, graph.edge_src_global
+        )  # (n_edges, hidden)
+        # Output blocks are checkpointed too: with -dE/dpos their per-edge products would stay
+        # alive in the forces' graph until the loss's backward pass.
+        P = self.checkpointed(self.output_blocks[0], x, rbf, plan.edge_dst, plan.num_atoms)
         for block, output_block in zip(self.interaction_blocks, self.output_blocks[1:]):
-            x = self.checkpointed(interaction, block, x, rbf_held, sbf, graph, self.input_features)
-            P = P + output_block(x, rbf, plan.edge_dst, num_nodes=plan.num_atoms)
+            x = interaction(
+                block, x, rbf_held, sbf, graph, self.input_features, run=self.checkpointed
+            )
+            P = P + self.checkpointed(output_block, x, rbf, plan.edge_dst, plan.num_atoms)
         return ShardedOutput(plan=plan, atom_energy=P)
