@@ -92,7 +92,9 @@ class DimeNetPPXL(GraphParallelModel, DimeNetPlusPlusWrap):
     Extra args:
         detach_angles: reproduce upstream's detached-angle forces (non-conservative; only for
             fine-tuning upstream checkpoints that were trained that way).
-        activation_checkpointing: recompute each interaction block in the backward pass.
+        activation_checkpointing: recompute the embedding, the output blocks and each unit of
+            the interaction blocks in the backward pass (and their gradients, which -dE/dpos
+            differentiates again).
         partition_weights: work estimate per ``atom``, ``edge``, ``triplet`` for balancing.
     """
 
