@@ -43,13 +43,16 @@ def build_trainer(
     run_dir: str | os.PathLike,
     overrides: dict | None = None,
     drop_model_keys: Sequence[str] = (),
+    *,
+    dtype: torch.dtype = torch.float32,
 ):
     """The trainer the config names (``trainer:``, an OCPTrainer or a subclass) as ``fairchem
     --mode train`` builds it, on this rank's process groups. ``drop_model_keys``: model
-    arguments to remove (e.g. ours, for an upstream model)."""
+    arguments to remove (e.g. ours, for an upstream model); ``dtype``: the default dtype the
+    model is built in (left set: the caller restores it)."""
     from fairchem.core.common.registry import registry
 
-    torch.set_default_dtype(torch.float32)
+    torch.set_default_dtype(dtype)
     config = load_repo_config(name, overrides)
     for key in drop_model_keys:
         config["model"].pop(key, None)

@@ -25,6 +25,11 @@ Features the paper's recipes need:
   ``lr_gamma`` once per epoch (GemNet-XL-FT: x0.95). fairchem steps its schedulers once per
   optimizer step, and its own schedulers count in steps, so a per-epoch decay needs the epoch's
   length, which only the trainer knows once its data loader exists.
+- ``optim.shard_optimizer_state: true`` (default false): the optimizer state and fairchem's EMA
+  are partitioned over all ranks (DP x GP), each rank holding about ``1 / world`` of them, while
+  steps, gradient clipping, validation's EMA weights and checkpoints (upstream's format, loadable
+  at any world size, sharded or not) stay as without it
+  (:class:`~ocp_graphpar.trainers.sharded_state.ShardedModelState`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from __future__ import annotations
 from typing import Any
 
 from fairchem.core.common.registry import registry
-from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 from fairchem.core.modules.scheduler import LRScheduler
 from fairchem.core.trainers import OCPTrainer
 from torch.optim.lr_scheduler import LambdaLR
@@ -42,6 +46,7 @@ from ocp_graphpar.trainers.atomic_outputs import AtomicOutputs
 from ocp_graphpar.trainers.finetune import load_starting_weights
 from ocp_graphpar.trainers.preemption import StepBoundaryPreemption
 from ocp_graphpar.trainers.process_groups import retain_process_groups
+from ocp_graphpar.trainers.sharded_state import ShardedModelState
 
 EPOCH_EXPONENTIAL = "EpochExponentialLR"
 
@@ -67,9 +72,10 @@ def epoch_exponential_scheduler(optimizer, *, gamma: float, steps_per_epoch: int
 
 
 @registry.register_trainer("ocp_graphpar")
-class GraphParallelTrainer(AtomicOutputs, StepBoundaryPreemption, OCPTrainer):
+class GraphParallelTrainer(AtomicOutputs, ShardedModelState, StepBoundaryPreemption, OCPTrainer):
     """``OCPTrainer`` with atomic outputs, step-boundary preemption, process groups kept to the
-    end, fine-tuning starts and the ``EpochExponentialLR`` schedule (see the module docstring)."""
+    end, fine-tuning starts, the ``EpochExponentialLR`` schedule and sharded optimizer state and
+    EMA (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # fairchem has built the process groups before the trainer; DDP takes the default one.
@@ -86,7 +92,7 @@ class GraphParallelTrainer(AtomicOutputs, StepBoundaryPreemption, OCPTrainer):
                 self._unwrapped_model, self.finetune_config, model_config=self.config["model"]
             )
             if self.ema is not None:  # average from the starting weights, not the random init
-                self.ema = ExponentialMovingAverage(self.model.parameters(), self.ema_decay)
+                self.ema = self.new_ema()
         super().train(disable_eval_tqdm=disable_eval_tqdm)
 
     def load_extras(self) -> None:

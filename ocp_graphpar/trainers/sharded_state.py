@@ -1,0 +1,291 @@
+"""``optim.shard_optimizer_state: true``: optimizer state and EMA partitioned over all ranks.
+
+Under DDP x GP every rank of the world holds the same parameters and the same all-reduced
+gradients; replicating the optimizer's moments (8 bytes per parameter for AdamW, 12 with
+AMSGrad) and fairchem's EMA copy (4) on every rank is what sharding saves. With the key set,
+:class:`ShardedModelState` replaces fairchem's optimizer by a
+:class:`~ocp_graphpar.trainers.sharded_optimizer.ShardedOptimizer` (each rank steps the tensors
+it owns, then broadcasts them) and its EMA by a
+:class:`~ocp_graphpar.trainers.sharded_ema.ShardedEMA` (each rank averages its own tensors).
+Gradient clipping, AMP's scaler and LR schedules act on the full, replicated gradients and
+param groups as before, so the step equals the unsharded one.
+
+Checkpoints stay upstream's: ``save`` gathers the optimizer state and the EMA onto rank 0 (on
+the CPU) before fairchem writes them, which is collective, so every rank must call ``save``:
+fairchem's training loop does, and at a preemption signal every rank gathers before rank 0
+checkpoints (:class:`~ocp_graphpar.trainers.preemption.StepBoundaryPreemption`). Outside
+training a preemption signal reaches rank 0 alone: before a new run's first step it still
+writes the whole (initial) state, later it writes nothing and logs why (the requeued run resumes
+from the last checkpoint). Loading keeps each rank's share of a checkpoint any world size wrote,
+sharded or not, reading it onto the CPU first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
+
+from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.trainers import preemption
+from ocp_graphpar.trainers.sharded_ema import ShardedEMA
+from ocp_graphpar.trainers.sharded_optimizer import (
+    PER_TENSOR_OPTIMIZERS,
+    Partition,
+    ShardedOptimizer,
+    world,
+)
+
+#: The key under ``optim`` that switches sharding on (default false).
+SHARD_KEY = "shard_optimizer_state"
+
+
+def shard_optimizer_state(optim: Mapping[str, Any]) -> bool:
+    """Whether ``optim`` (a config's ``optim`` section) shards the model state; a
+    :class:`UserFacingError` for a setting sharding cannot honour."""
+    value = optim.get(SHARD_KEY, False)
+    if not isinstance(value, bool):
+        raise UserFacingError(f"optim.{SHARD_KEY} must be true or false, not {value!r}.")
+    name = optim.get("optimizer", "AdamW")
+    if value and name not in PER_TENSOR_OPTIMIZERS:
+        raise UserFacingError(
+            f"optim.{SHARD_KEY} partitions the optimizer by parameter tensor, which needs an "
+            f"optimizer that updates each tensor on its own; {name} does not. Use one of "
+            f"{', '.join(sorted(PER_TENSOR_OPTIMIZERS))}, or set optim.{SHARD_KEY}: false."
+        )
+    return value
+
+
+class ShardedModelState:
+    """Trainer mixin (before :class:`StepBoundaryPreemption` and ``OCPTrainer`` in the bases)
+    that shards the optimizer state and EMA when ``optim.shard_optimizer_state`` is true and
+    otherwise changes nothing."""
+
+    _partition: Partition | None = None
+    _gathered: bool = False  # inside _gathered_state: save must not gather again
+
+    @property
+    def shards_model_state(self) -> bool:
+        return self._partition is not None
+
+    def load_optimizer(self) -> None:
+        sharded = shard_optimizer_state(self.config["optim"])  # errors before any work
+        super().load_optimizer()
+        if sharded:
+            rank, world_size = world()
+            self._partition = Partition.balanced(
+                self.model.parameters(), rank=rank, world_size=world_size
+            )
+            self.optimizer = ShardedOptimizer(self.optimizer, partition=self._partition)
+
+    def load_extras(self) -> None:
+        super().load_extras()
+        if self.shards_model_state and self.ema is not None:
+            self.ema = self.new_ema()
+
+    def new_ema(self) -> ExponentialMovingAverage:
+        """fairchem's EMA of the current weights, sharded like the optimizer when it is."""
+        if self.shards_model_state:
+            return ShardedEMA(self.model.parameters(), self.ema_decay, partition=self._partition)
+        return ExponentialMovingAverage(self.model.parameters(), self.ema_decay)
+
+    def load_checkpoint(
+        self, checkpoint_path: str, checkpoint: dict | None = None, inference_only: bool = False
+    ) -> None:
+        if self.shards_model_state and checkpoint is None:
+            # Onto the CPU (upstream: the device): each rank keeps only its share on the GPU.
+            logging.info(f"Loading checkpoint from: {checkpoint_path}")
+            checkpoint = torch.load(checkpoint_path, map_location="cpu")
+        super().load_checkpoint(checkpoint_path, checkpoint, inference_only)
+
+    def save(
+        self,
+        metrics: dict | None = None,
+        checkpoint_file: str = "checkpoint.pt",
+        training_state: bool = True,
+    ) -> str | None:
+        args = {"metrics": metrics, "checkpoint_file": checkpoint_file}
+        if not self.shards_model_state or self.is_debug or self._gathered:
+            return super().save(**args, training_state=training_state)
+        if self._alone_in_preemption_handler():
+            return self._save_alone(**args, training_state=training_state)
+        if training_state:
+            with self._gathered_state():
+                return super().save(**args, training_state=True)
+        ema = self.ema
+        if ema is None:
+            return super().save(**args, training_state=False)
+        # Upstream swaps the EMA weights in on the master rank alone; here all ranks must.
+        ema.store()
+        ema.copy_to()
+        self.ema = None
+        try:
+            return super().save(**args, training_state=False)
+        finally:
+            self.ema = ema
+            ema.restore()
+
+    def _checkpoint_and_requeue(self, deferred: Any) -> None:
+        # Every rank arrives here together; rank 0 then checkpoints alone.
+        if not self.shards_model_state:
+            return super()._checkpoint_and_requeue(deferred)
+        with self._gathered_state():
+            return super()._checkpoint_and_requeue(deferred)
+
+    @contextlib.contextmanager
+    def _gathered_state(self, *, alone: bool = False) -> Iterator[None]:
+        """The full optimizer state and EMA on rank 0 for the block (collective unless
+        ``alone``, which needs both still as initialised)."""
+        holders = [
+            h for h in (self.optimizer, self.ema) if isinstance(h, (ShardedOptimizer, ShardedEMA))
+        ]
+        for holder in holders:
+            if alone:
+                holder.consolidate_fresh()
+            else:
+                holder.consolidate_state_dict(to=0)
+        self._gathered = True
+        try:
+            yield
+        finally:
+            self._gathered = False
+            for holder in holders:
+                holder.release_state_dict()
+
+    def _alone_in_preemption_handler(self) -> bool:
+        """Whether submitit's handler called ``save`` on rank 0 alone, outside training (in
+        training, preemption waits for a step boundary that all ranks reach)."""
+        return (
+            getattr(self, "_deferred_signal", None) is None
+            and preemption._submitit_signal() is not None
+        )
+
+    def _save_alone(self, **args: Any) -> str | None:
+        untouched = self.optimizer.fresh and (self.ema is None or self.ema.fresh)
+        if untouched and args["training_state"]:  # before a new run's first step: rank 0
+            # knows the whole state (submitit's handler saves the training state)
+            with self._gathered_state(alone=True):
+                return super().save(**args)
+        logging.error(
+            "preemption outside training: with optim.shard_optimizer_state the other ranks "
+            "hold parts of the optimizer state and EMA, so no checkpoint is written; the "
+            "requeued run resumes from the last one"
+        )
+        return None
+
+
+@dataclass(frozen=True)
+class ModelStateBytes:
+    """Bytes of training state one rank holds (or, per parameter, would hold)."""
+
+    parameters: float
+    gradients: float
+    optimizer: float
+    ema: float
+
+    @property
+    def total(self) -> float:
+        return self.parameters + self.gradients + self.optimizer + self.ema
+
+
+def model_state_bytes(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: ExponentialMovingAverage | None = None,
+) -> ModelStateBytes:
+    """What this rank's parameters, gradients, optimizer state and EMA (shadow and stored
+    weights) occupy, counted from the tensors themselves (each storage once), sharded or not:
+    for the bench's per-rank model state."""
+    state = (
+        optimizer.local.state
+        if isinstance(optimizer, ShardedOptimizer)
+        else (optimizer.state if optimizer is not None else {})
+    )
+    params = list(model.parameters())
+    return ModelStateBytes(
+        parameters=_storage_bytes(params),
+        gradients=_storage_bytes(p.grad for p in params),
+        optimizer=_storage_bytes(v for s in state.values() for v in s.values()),
+        ema=_storage_bytes([*ema.shadow_params, *ema.collected_params]) if ema else 0,
+    )
+
+
+def sharded_model_state_bytes(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: ExponentialMovingAverage | None = None,
+    world_size: int,
+) -> list[ModelStateBytes]:
+    """What each of ``world_size`` ranks would hold with ``optim.shard_optimizer_state``,
+    from an unsharded optimizer and EMA in one process (after a step, so the state exists):
+    each rank keeps the state of the tensors :meth:`Partition.balanced` gives it, the tensors
+    :class:`ShardedOptimizer` and :class:`ShardedEMA` would create. For the bench, which
+    measures model state in one process."""
+    params = list(model.parameters())
+    owner = Partition.balanced(params, rank=0, world_size=world_size).owner
+    trainable_owners = [owner(p) for p in params if p.requires_grad]  # the EMA's tensors
+    averaged = (ema.shadow_params, ema.collected_params) if ema else ()
+    replicated = {
+        "parameters": _storage_bytes(params),
+        "gradients": _storage_bytes(p.grad for p in params),
+    }
+    return [
+        ModelStateBytes(
+            **replicated,
+            optimizer=_storage_bytes(
+                v
+                for p, state in optimizer.state.items()
+                if owner(p) == rank
+                for v in state.values()
+            ),
+            ema=_storage_bytes(
+                t for values in averaged for t, o in zip(values, trainable_owners) if o == rank
+            ),
+        )
+        for rank in range(world_size)
+    ]
+
+
+def _storage_bytes(tensors: Iterable[Any]) -> int:
+    seen = {}
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor):
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+#: Per-parameter buffers of each optimizer's state (before the options that add one).
+STATE_BUFFERS = {
+    **{"Adam": 2, "AdamW": 2, "Adamax": 2, "NAdam": 2, "RAdam": 2, "Adadelta": 2, "Rprop": 2},
+    **{"Adagrad": 1, "RMSprop": 1, "ASGD": 1, "SGD": 0},
+}
+
+
+def bytes_per_parameter(
+    *, optim: Mapping[str, Any], world_size: int, element_size: int = 4
+) -> ModelStateBytes:
+    """Per-rank bytes of training state per model parameter, for the memory planner:
+    parameters and gradients replicated; optimizer state (AdamW: 2 moments, +1 buffer with
+    AMSGrad) and the EMA copy (with ``ema_decay``) divided by ``world_size`` (all ranks, DP x
+    GP) when ``optim.shard_optimizer_state`` is true. Sharding by whole tensors balances the
+    split closely, not exactly; :func:`model_state_bytes` measures it."""
+    name = optim.get("optimizer", "AdamW")
+    options = optim.get("optimizer_params", {})
+    buffers = STATE_BUFFERS.get(name, 2) + bool(options.get("amsgrad", False))
+    buffers += bool(options.get("momentum", 0)) if name in ("SGD", "RMSprop") else 0
+    buffers += bool(options.get("centered", False)) if name == "RMSprop" else 0
+    share = world_size if shard_optimizer_state(optim) else 1
+    return ModelStateBytes(
+        parameters=element_size,
+        gradients=element_size,
+        optimizer=buffers * element_size / share,
+        ema=element_size / share if optim.get("ema_decay") else 0,
+    )
