@@ -7,13 +7,14 @@ conservative-force training step keeps a fraction of the un-checkpointed step's 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
-from ocp_graphpar.models.checkpointing import checkpoint_block
+from ocp_graphpar.models.checkpointing import checkpoint_block, input_gradients_only
 
 
 @pytest.fixture(autouse=True)
@@ -50,21 +51,26 @@ def energy(layers, positions, *, checkpointed: bool):
     return total + (x**2).sum()
 
 
-def loss_and_gradients(layers, *, checkpointed: bool) -> list[torch.Tensor]:
+def loss_and_gradients(
+    layers, *, checkpointed: bool, forces_context=contextlib.nullcontext
+) -> list[torch.Tensor]:
     layers.zero_grad(set_to_none=True)
     positions = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)).requires_grad_()
     e = energy(layers, positions, checkpointed=checkpointed)
-    (grad,) = torch.autograd.grad(e, positions, create_graph=True)
+    with forces_context():
+        (grad,) = torch.autograd.grad(e, positions, create_graph=True)
     forces = -grad
     (e**2 + (forces**3).sum()).backward()  # second order: the loss is on -dE/dpos
     return [e.detach(), forces.detach(), positions.grad] + [p.grad for p in layers.parameters()]
 
 
-def test_first_and_second_derivatives_equal_the_plain_computation():
+@pytest.mark.parametrize("forces_context", [contextlib.nullcontext, input_gradients_only])
+def test_first_and_second_derivatives_equal_the_plain_computation(forces_context):
+    """Also when the forces' backward pass skips the weight gradients, as the models' does."""
     torch.manual_seed(0)
     layers = nn.ModuleList([nn.Linear(4, 8), nn.Linear(8, 4), nn.Linear(4, 1)])
     plain = loss_and_gradients(layers, checkpointed=False)
-    ours = loss_and_gradients(layers, checkpointed=True)
+    ours = loss_and_gradients(layers, checkpointed=True, forces_context=forces_context)
     for expected, got in zip(plain, ours):
         assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
 

@@ -24,8 +24,10 @@ require grad (e.g. through a closure): autograd would not see their use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -63,6 +65,22 @@ def call(block: Callable[..., Output], *args: Any) -> Output:
     return block(*args)
 
 
+_input_gradients_only = threading.local()
+
+
+@contextlib.contextmanager
+def input_gradients_only() -> Iterator[None]:
+    """Declare that the backward passes run inside need no parameter gradients, as
+    ``autograd.grad(energy, pos, create_graph=True)`` for conservative forces: the blocks' weight
+    gradients are then not computed there (the loss's backward pass still gets them all)."""
+    previous = getattr(_input_gradients_only, "active", False)
+    _input_gradients_only.active = True
+    try:
+        yield
+    finally:
+        _input_gradients_only.active = previous
+
+
 class _Checkpoint(torch.autograd.Function):
     """Forward: the block without a graph. Backward: :class:`_BlockVJP`."""
 
@@ -77,28 +95,34 @@ class _Checkpoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outputs: Tensor | None):
         inputs = ctx.saved_tensors
+        with_params = not getattr(_input_gradients_only, "active", False)
         grads = _BlockVJP.apply(
-            ctx.run, len(inputs), len(ctx.params), *inputs, *ctx.params, *grad_outputs
+            ctx.run, len(inputs), len(ctx.params), with_params, *inputs, *ctx.params, *grad_outputs
         )
         return None, None, *grads
 
 
 class _BlockVJP(torch.autograd.Function):
-    """``(inputs, params, grad_outputs) -> d(outputs . grad_outputs)/d(inputs, params)``,
-    recomputing the block; its own backward recomputes it again with a graph."""
+    """``(inputs, params, grad_outputs) -> d(outputs . grad_outputs)/d(inputs, params)``
+    (``None`` for the parameters unless ``with_params``), recomputing the block; its own backward
+    recomputes it again with a graph."""
 
     @staticmethod
-    def forward(ctx, run, num_inputs: int, num_params: int, *args: Tensor | None):
+    def forward(
+        ctx, run, num_inputs: int, num_params: int, with_params: bool, *args: Tensor | None
+    ):
         inputs = args[:num_inputs]
         ctx.params = args[num_inputs : num_inputs + num_params]
         grad_outputs = args[num_inputs + num_params :]
-        ctx.run, ctx.num_inputs = run, num_inputs
+        ctx.run, ctx.num_inputs, ctx.with_params = run, num_inputs, with_params
         ctx.grad_slots = [g is not None for g in grad_outputs]
         ctx.save_for_backward(*inputs, *(g for g in grad_outputs if g is not None))
         ctx.set_materialize_grads(False)
         with torch.enable_grad():
             leaves, outputs = _recompute(run, inputs, ctx.params)
-            return _vjp(outputs, grad_outputs, leaves, create_graph=False)
+            wrt = leaves if with_params else leaves[:num_inputs]
+            grads = _vjp(outputs, grad_outputs, wrt, create_graph=False)
+        return (*grads, *(None,) * (len(leaves) - len(wrt)))
 
     @staticmethod
     def backward(ctx, *grad_grads: Tensor | None):
@@ -114,13 +138,14 @@ class _BlockVJP(torch.autograd.Function):
             grad_outputs = [
                 next(given).detach().requires_grad_() if slot else None for slot in ctx.grad_slots
             ]
-            grads = _vjp(outputs, grad_outputs, leaves, create_graph=True)
+            first = leaves if ctx.with_params else leaves[: ctx.num_inputs]
+            grads = _vjp(outputs, grad_outputs, first, create_graph=True)
             wrt = [*leaves, *(g for g in grad_outputs if g is not None)]
-            second = _vjp(grads, grad_grads, wrt, create_graph=False)
+            second = _vjp(grads, grad_grads[: len(first)], wrt, create_graph=False)
         result = list(second[: len(leaves)])
         tail = iter(second[len(leaves) :])
         result += [next(tail) if slot else None for slot in ctx.grad_slots]
-        return None, None, None, *result
+        return None, None, None, None, *result
 
 
 def _recompute(run, inputs: Sequence[Tensor], params: Sequence[Tensor]) -> tuple[list, list]:
