@@ -15,7 +15,15 @@ from ocp_graphpar.cli import main
 from ocp_graphpar.tools.bench.contenders import build_contender
 from ocp_graphpar.tools.bench.measure import measure_contender, training_step
 from ocp_graphpar.tools.bench.suite import load_batch
-from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes, model_state
+from ocp_graphpar.tools.plan.estimate import (
+    SETTINGS,
+    GraphSize,
+    ModelState,
+    PlanRow,
+    activation_bytes,
+    model_state,
+    recommend,
+)
 from ocp_graphpar.tools.plan.trace import (
     WIDTHS,
     model_graph_size,
@@ -54,10 +62,11 @@ def float32_default():
 def traces():
     cache = {}
 
-    def get(family: str):
-        if family not in cache:
-            cache[family] = trace_model(family, CONFIGS[family]())
-        return cache[family]
+    def get(family: str, checkpointing: bool = False):
+        if (family, checkpointing) not in cache:
+            config = {**CONFIGS[family](), "activation_checkpointing": checkpointing}
+            cache[family, checkpointing] = trace_model(family, config)
+        return cache[family, checkpointing]
 
     return get
 
@@ -102,6 +111,28 @@ def test_activation_estimate_within_20_percent_of_measured_peak(
     assert abs(estimate / measured - 1) < 0.20, (estimate, measured)
 
 
+@pytest.mark.parametrize("gp", [1, 2])
+@pytest.mark.parametrize("family", ["gemnet", "dimenet", "painn"])
+def test_checkpointed_activation_estimate_within_20_percent_of_measured_peak(
+    gloo_world, traces, oc20_batch, family, gp
+):
+    """As above with ``activation_checkpointing``: the planner traces the probe with
+    checkpointing on, whatever the config says, and its estimate follows the model's own
+    checkpointed step (whatever the model keeps and recomputes), not a fixed fraction of the
+    un-checkpointed peak. GemNet-XL trains with direct forces, DimeNet++-XL with ``-dE/dpos``."""
+    config = {**CONFIGS[family](), "activation_checkpointing": True}
+    per_rank = gloo_world(gp).run(measure_contender, "ours", family, config, oc20_batch, repeats=0)
+    measured = max(rank["memory"]["activations"] for rank in per_rank)
+    graph = model_graph_size(family, build_contender("ours", family, config), oc20_batch)
+    size = GraphSize(graph["atoms"], graph["edges"], graph["triplets"], graph.get("kmax", 1))
+    widths = widths_of(family, config)
+    estimate = activation_bytes(traces(family, True), widths, size, batch=1, gp=gp)
+    plain = activation_bytes(traces(family), widths, size, batch=1, gp=gp)
+    print(f"{family} gp={gp} checkpointed: estimate {estimate / 2**20:.2f} MiB, measured "
+          f"{measured / 2**20:.2f} MiB (un-checkpointed estimate {plain / 2**20:.2f} MiB)")  # fmt: skip
+    assert abs(estimate / measured - 1) < 0.20, (estimate, measured)
+
+
 def test_model_state_counts_adamw_amsgrad_and_ema():
     state = model_state(1000, {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True},
                                "ema_decay": 0.999})  # fmt: skip
@@ -131,17 +162,104 @@ def test_plan_command_recommends_the_smallest_gp_size_that_fits(capsys):
     ]
     assert main([*args, "--gpu-mem", "1000"]) == 0
     roomy = json.loads(capsys.readouterr().out)
-    assert roomy["recommended_gp"] == 1 and len(roomy["rows"]) == 1
+    assert roomy["recommended_gp"] == 1 and {row["gp_size"] for row in roomy["rows"]} == {1}
+    assert roomy["recommended"]["setting"] == "plain"
     model = build_contender("ours", "gemnet", demo_gemnet())
     assert roomy["parameters"] == sum(p.numel() for p in model.parameters())
 
-    one_gpu = roomy["rows"][0]["total"] / 2**30
+    # below what the leanest setting needs on one GPU: a larger GP size must be recommended
+    one_gpu = min(row["total"] for row in roomy["rows"]) / 2**30
     assert main([*args, "--gpu-mem", f"{one_gpu * 0.6:.6f}"]) == 0
     tight = json.loads(capsys.readouterr().out)
-    totals = [row["total"] for row in tight["rows"]]
-    assert totals == sorted(totals, reverse=True)
-    assert [row["fits"] for row in tight["rows"]] == [False] * (len(totals) - 1) + [True]
-    assert tight["recommended_gp"] == tight["rows"][-1]["gp_size"] > 1
+    for setting in SETTINGS:
+        rows = [row for row in tight["rows"] if row["setting"] == setting.name]
+        totals = [row["total"] for row in rows]
+        assert totals == sorted(totals, reverse=True)
+        fits = [row["fits"] for row in rows]
+        assert fits == sorted(fits)  # once a setting fits, it fits at every larger P
+    plain = [row for row in tight["rows"] if row["setting"] == "plain"]
+    assert [row["fits"] for row in plain] == [False] * (len(plain) - 1) + [True]
+    smallest = min(row["gp_size"] for row in tight["rows"] if row["fits"])
+    assert tight["recommended_gp"] == tight["recommended"]["gp_size"] == smallest > 1
+
+
+def row(gp: int, setting: str, fits: bool) -> PlanRow:
+    spec = next(s for s in SETTINGS if s.name == setting)
+    return PlanRow(gp, setting, spec.checkpointing, spec.sharded, gp, 0.0, 0.0, 0.0, fits)
+
+
+def test_recommendation_takes_the_fewest_gpus_then_the_cheapest_setting():
+    """Fewest GPUs per GP group first; at one GP size plain < sharded state (a few collectives
+    per step) < checkpointing (recompute) < both."""
+    names = [setting.name for setting in SETTINGS]
+    assert names == ["plain", "sharded state", "checkpointing", "checkpointing + sharded state"]
+    # only both options together fit on 1 GPU: that beats anything on 2
+    rows = [row(1, name, name == names[3]) for name in names] + [row(2, n, True) for n in names]
+    assert (recommend(rows).gp_size, recommend(rows).setting) == (1, names[3])
+    for cheapest in range(4):  # at one GP size, the cheapest setting that fits
+        rows = [row(4, name, index >= cheapest) for index, name in enumerate(names)]
+        assert recommend(rows).setting == names[cheapest]
+    assert recommend([row(1, "checkpointing", True), row(1, "sharded state", True)]).setting == (
+        "sharded state"
+    )
+    assert recommend([row(8, name, False) for name in names]) is None
+
+
+def test_sharding_splits_optimizer_state_and_ema_over_the_world():
+    """ZeRO-1: parameters 4 B + gradients 4 B per parameter stay replicated; AdamW's moments
+    (8 B), AMSGrad's maximum (4 B) and the EMA (4 B) are split over the world's ranks."""
+    state = model_state(1000, {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True},
+                               "ema_decay": 0.999})  # fmt: skip
+    sharded = state.sharded(world=4)
+    assert (sharded.parameters, sharded.gradients, sharded.optimizer, sharded.ema) == (
+        4000,
+        4000,
+        3000,
+        1000,
+    )
+    assert sharded.total / state.total == 0.5  # (8 + 16 / 4) / 24
+    assert state.sharded(world=3).optimizer == 4000 and state.sharded(world=7).ema == 572
+    assert state.sharded(world=1) == state
+    # the trainer's own per-parameter accounting (ocp_graphpar.trainers.sharded_state)
+    from ocp_graphpar.trainers.sharded_state import bytes_per_parameter
+
+    optim = {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True}, "ema_decay": 0.999,
+             "shard_optimizer_state": True}  # fmt: skip
+    assert sharded.total == 1000 * bytes_per_parameter(optim=optim, world_size=4).total
+
+
+def test_plan_shards_over_the_gp_group_or_the_given_world(capsys):
+    args = ["plan", "--config", "configs/s2ef/gemnet_xl_demo.yml", "--atoms", "80", "--edges",
+            "3000", "--json", "--reserve", "0", "--gpu-mem", "1e-6", "--max-gp", "4"]  # fmt: skip
+    for world, expected in ((None, {1: 1, 2: 2, 4: 4}), ("8", {1: 8, 2: 8, 4: 8}),
+                            ("2", {1: 2, 2: 2, 4: 4})):  # fmt: skip
+        assert main(args + (["--world", world] if world else [])) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["recommended"] is None
+        state = ModelState(**report["state_bytes"])
+        for entry in report["rows"]:
+            assert entry["world"] == expected[entry["gp_size"]]
+            ranks = expected[entry["gp_size"]] if entry["shard_optimizer_state"] else 1
+            assert entry["state"] == state.sharded(world=ranks).total
+            assert entry["total"] == entry["state"] + entry["activations"]
+
+
+def test_gemnet_xl_floor_plan_recommends_checkpointing_on_at_most_four_gpus(capsys):
+    """#19's floor: GemNet-XL, 1000 atoms and 50,000 edges per structure on 32 GiB GPUs (8
+    GPUs per GP group without the memory options)."""
+    args = ["plan", "--config", "configs/s2ef/gemnet_xl.yml", "--atoms", "1000", "--edges",
+            "50000", "--gpu-mem", "32"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    best = report["recommended"]
+    assert best["gp_size"] <= 4 and best["activation_checkpointing"]
+    plain = [row for row in report["rows"] if row["setting"] == "plain"]
+    assert plain[-1]["fits"] and plain[-1]["gp_size"] > best["gp_size"]
+    assert main(args) == 0  # the same plan as text (the traces are reused)
+    advice = capsys.readouterr().out.strip().splitlines()[-1]
+    assert advice.startswith(f"recommended: --gp-gpus {best['gp_size']} with ")
+    assert "model.activation_checkpointing: True" in advice
+    assert f"--gp-gpus {best['gp_size']} --model.activation_checkpointing=True" in advice
 
 
 def test_plan_command_names_a_missing_config(capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 from ocp_graphpar.atomic import write_atomic
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.bench.journal import Journal
+from ocp_graphpar.tools.bench.memory_report import memory_floors
 from ocp_graphpar.tools.bench.report import floors, organise, plot_all, render_markdown
 from ocp_graphpar.tools.bench.suite import load_suite, run_suite
 
@@ -52,9 +53,13 @@ def run_bench(args: argparse.Namespace) -> int:
     markdown = render_markdown(document["results"], document["environment"], plots)
     write_atomic(args.out / "benchmarks.md", markdown)
     print(f"wrote {args.out / 'benchmarks.md'}, {results_path} and {len(plots)} plots")
-    for name, entry in organise(document["results"]).items():
+    table = organise(document["results"])
+    for name, entry in table.items():
         for what, value, floor, holds in floors(entry) if entry["info"].get("floors") else []:
             print(f"  {name}: {what} = {value:.3f} (floor {floor}) {'ok' if holds else 'MISSED'}")
+    plans = [record for record in document["results"] if record["kind"] == "plan"]
+    for what, value, floor, holds in memory_floors(table, plans):  # issue #19
+        print(f"  {what} = {value:.3g} (floor {floor}) {'ok' if holds else 'MISSED'}")
     return 0
 
 

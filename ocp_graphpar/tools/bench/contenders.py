@@ -11,6 +11,8 @@ state dict:
 - ``ours_all_gather``: DimeNet++-XL gathering every edge's features each block (the simple
   design, :mod:`ocp_graphpar.tools.bench.variants`), to show what the halo of down-projected
   features saves.
+- ``ours_ck``: ours with ``activation_checkpointing: True`` whatever the config says, beside
+  ``ours`` as the config has it (issue #19's memory workloads).
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ CONTENDERS = {
     "dimenetplusplus": Contender("dimenetplusplus", "upstream dimenetplusplus", False),
     "painn": Contender("painn", "upstream painn", False),
     "ours_all_gather": Contender("ours_all_gather", "ocp-graphpar, all-gather exchange", True),
+    "ours_ck": Contender("ours_ck", "ocp-graphpar, activation checkpointing", True),
 }
+
+#: Our contenders: the graph-parallel model, built from the same config with these settings.
+OURS = {"ours": {}, "ours_all_gather": {}, "ours_ck": {"activation_checkpointing": True}}
 
 
 @contextlib.contextmanager
@@ -76,8 +82,8 @@ def build_contender(
         from ocp_graphpar.tools.bench.variants import AllGatherDimeNetPPXL
 
         ours_class = AllGatherDimeNetPPXL
-    ours = ours_class(**{**model_config, **spec.build_options}).to(dtype)
-    if name in ("ours", "ours_all_gather"):
+    ours = ours_class(**{**model_config, **spec.build_options, **OURS.get(name, {})}).to(dtype)
+    if name in OURS:
         return ours
     upstream = _upstream_class(name, spec)(**upstream_options(model_config)).to(dtype)
     upstream.load_state_dict(ours.state_dict(), strict=True)

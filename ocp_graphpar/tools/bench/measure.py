@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-from torch.utils.flop_counter import FlopCounterMode
 
 from ocp_graphpar.parallel import gp_rank, recording_plans
 from ocp_graphpar.tools.bench.contenders import build_contender, running
+from ocp_graphpar.tools.bench.flops import MatmulFlops
 from ocp_graphpar.tools.bench.memory import step_activation_peak, tensor_bytes
 from ocp_graphpar.tools.bench.wire import count_wire_bytes
 
@@ -75,7 +75,7 @@ def measure_contender(
         with (
             count_wire_bytes() as wire,
             step_activation_peak(device) as peak,
-            FlopCounterMode(display=False) as flops,
+            MatmulFlops() as flops,
             recording_plans() as plans,
         ):
             training_step(model, batch)
@@ -100,7 +100,7 @@ def measure_contender(
         },
         "load": _load(partition),
         # matrix-multiply FLOPs of the step on this rank: the work, free of timing noise
-        "flops": flops.get_total_flops(),
+        "flops": flops.total,
         "step_s": statistics.median(times) if times else None,
         "step_s_all": times,
         # CPU seconds of this process's threads: unlike wall time, not inflated by other

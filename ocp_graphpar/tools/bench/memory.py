@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,13 +21,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+Kind = tuple[tuple[int, ...], int]  # a storage's creating tensor: (shape, element size)
+
 
 class LiveTensorBytes(TorchDispatchMode):
     """Bytes of the storages created inside the block that are still alive, and their peak.
 
     Storages are counted once however many views share them. With ``record_shapes``,
-    ``phase_peaks`` lists the shapes of the tensors that created the storages live at the peak
-    of each phase (:meth:`mark_phase` starts the next), for the memory planner.
+    :meth:`phase_moments` lists, for each phase (:meth:`mark_phase` starts the next), what was
+    live at every moment where an allocation is followed by a release: the moments that can
+    hold the phase's peak. Which of them does depends on the sizes (at other widths or on
+    another graph a different block's tensors dominate), so the memory planner keeps them all
+    and evaluates each at the real sizes.
     """
 
     def __init__(self, record_shapes: bool = False) -> None:
@@ -34,10 +40,14 @@ class LiveTensorBytes(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self.record_shapes = record_shapes
-        self._closed_phases: list[list[tuple[tuple[int, ...], int]]] = []
-        self._phase_peak = 0
-        self._phase_shapes: list[tuple[tuple[int, ...], int]] = []
-        self._storages: dict[int, tuple[weakref.ref, int, tuple[int, ...], int]] = {}
+        # key: storage address; value: (weak reference, bytes, kind, allocation number)
+        self._storages: dict[int, tuple[weakref.ref, int, Kind, int]] = {}
+        self._kinds: Counter[Kind] = Counter()  # live storages by kind
+        self._phases: list[list[dict[Kind, int]]] = [[]]
+        self._allocations = 0
+        self._rising = False  # allocated since the last release
+        self._moment_allocations = 0  # allocations before the last recorded moment
+        self._moment_released = True  # a storage live at that moment has been released since
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -64,38 +74,60 @@ class LiveTensorBytes(TorchDispatchMode):
         if key in self._storages and self._storages[key][0]() is not None:
             return
         nbytes = storage.nbytes()
+        kind = (tuple(tensor.shape), tensor.element_size())
+        self._allocations += 1
         self._storages[key] = (
             weakref.ref(storage, lambda _, key=key: self._release(key)),
             nbytes,
-            tuple(tensor.shape),
-            tensor.element_size(),
+            kind,
+            self._allocations,
         )
         self.live += nbytes
-        if self.live > self._phase_peak:
-            self._phase_peak = self.live
-            if self.record_shapes:
-                self._phase_shapes = self._live_shapes()
         self.peak = max(self.peak, self.live)
-
-    def mark_phase(self) -> None:
-        """Close the current phase (e.g. the forward pass): its peak is kept apart, and the
-        next phase's peak is tracked from what is live now."""
-        self._closed_phases.append(self._phase_shapes)
-        self._phase_peak = self.live
-        self._phase_shapes = self._live_shapes() if self.record_shapes else []
-
-    @property
-    def phase_peaks(self) -> list[list[tuple[tuple[int, ...], int]]]:
-        """Shapes live at each phase's peak, the current phase last."""
-        return [*self._closed_phases, self._phase_shapes]
-
-    def _live_shapes(self) -> list[tuple[tuple[int, ...], int]]:
-        return [(shape, size) for _, _, shape, size in self._storages.values()]
+        if self.record_shapes:
+            self._kinds[kind] += 1
+            self._rising = True
 
     def _release(self, key: int) -> None:
         entry = self._storages.pop(key, None)
-        if entry is not None:
-            self.live -= entry[1]
+        if entry is None:
+            return
+        self.live -= entry[1]
+        if self.record_shapes:
+            if self._rising:
+                self._record_moment()
+            self._kinds[entry[2]] -= 1
+            if not self._kinds[entry[2]]:
+                del self._kinds[entry[2]]
+            if entry[3] <= self._moment_allocations:
+                self._moment_released = True
+
+    def _record_moment(self) -> None:
+        """Keep what is live now. When nothing live at the previous moment has been released
+        since, now holds all of it and more: the previous moment can never be the peak."""
+        moments = self._phases[-1]
+        if moments and not self._moment_released:
+            moments[-1] = dict(self._kinds)
+        else:
+            moments.append(dict(self._kinds))
+        self._rising = self._moment_released = False
+        self._moment_allocations = self._allocations
+
+    def mark_phase(self) -> None:
+        """Close the current phase (e.g. the forward pass): its moments are kept apart, and the
+        next phase's moments start from what is live now."""
+        if self.record_shapes:
+            if self._rising:
+                self._record_moment()
+            self._phases.append([])
+            self._moment_released = True
+            self._rising = True  # what is live now is the next phase's first moment
+
+    def phase_moments(self) -> list[list[dict[Kind, int]]]:
+        """``[{(shape, element size): live count}, ...]`` per phase, the current phase last."""
+        if self._rising:
+            self._record_moment()
+        return [list(moments) for moments in self._phases]
 
 
 def tensor_bytes(tensors) -> int:

@@ -46,6 +46,10 @@ def organise(results: list[dict]) -> dict:
             entry["paired"] = record
         elif record["kind"] == "plan_check":
             entry["plan_check"] = record["estimates"]
+            if "estimates_ck" in record:
+                entry["plan_check_ck"] = record["estimates_ck"]
+        elif record["kind"] in ("state_split", "state_world"):  # issue #19's memory records
+            entry[record["kind"]] = record
         elif record["kind"] == "failed":
             entry.setdefault("failed", []).append(record)
         else:
@@ -80,12 +84,17 @@ def floors(entry: dict) -> list[tuple[str, float, float, bool]]:
 
 
 def render_markdown(results: list[dict], environment: dict, plots: dict[str, str]) -> str:
+    from ocp_graphpar.tools.bench.memory_report import memory_section
+    from ocp_graphpar.tools.bench.planning import plans_section
+
     lines = ["# Benchmarks", "", _preamble(environment), ""]
-    for name, entry in organise(results).items():
+    table = organise(results)
+    for name, entry in table.items():
         lines += _workload_section(name, entry)
     plans = [record for record in results if record["kind"] == "plan"]
+    lines += memory_section(table, plans)
     if plans:
-        lines += _plans_section(plans)
+        lines += plans_section(plans)
     lines += ["## Plots", ""]
     lines += [f"![{title}]({path})" for title, path in plots.items()]
     return "\n".join(lines) + "\n"
@@ -109,6 +118,8 @@ def _preamble(environment: dict) -> str:
 
 
 def _workload_section(name: str, entry: dict) -> list[str]:
+    from ocp_graphpar.tools.bench.planning import plan_check_table
+
     info, runs = entry["info"], entry["runs"]
     lines = [
         f"## {name}",
@@ -129,56 +140,25 @@ def _workload_section(name: str, entry: dict) -> list[str]:
         lines += _state_table(entry["state"])
     lines += _load_table(runs)
     if "plan_check" in entry:
-        lines += _plan_check_table(runs, entry["plan_check"])
+        lines += plan_check_table(runs, entry["plan_check"])
+    if "plan_check_ck" in entry:
+        lines += plan_check_table(runs, entry["plan_check_ck"], contender="ours_ck")
     return lines
 
 
-def _plan_check_table(runs: dict, estimates: dict) -> list[str]:
-    lines = [
-        "`ocp-graphpar plan`'s activation estimate against the measured peak (ours, per rank):",
-        "",
-        "| P | Measured | Planner | Planner error |",
-        "|---:|---:|---:|---:|",
-    ]
-    for (contender, size), run in sorted(runs.items(), key=lambda kv: kv[0][1]):
-        if contender != "ours" or str(size) not in estimates:
-            continue
-        measured = per_rank_max(run, "memory", "activations")
-        estimate = estimates[str(size)]
+def _floor_table(checks, issue: str = "#8") -> list[str]:
+    lines = [f"| Floor (issue {issue}) | Measured | Floor | Holds |", "|---|---:|---:|---|"]
+    for what, value, floor, holds in checks:
         lines.append(
-            f"| {size} | {measured / MIB:,.1f} MiB | {estimate / MIB:,.1f} MiB "
-            f"| {100 * (estimate / measured - 1):+.1f}% |"
+            f"| {what} | {_number(value, 3)} | <= {_number(floor, 2)} "
+            f"| {'yes' if holds else 'NO'} |"
         )
     return [*lines, ""]
 
 
-def _plans_section(plans: list[dict]) -> list[str]:
-    from ocp_graphpar.tools.plan.cli import format_plan
-
-    lines = [
-        "## Memory plans",
-        "",
-        "`ocp-graphpar plan` for the paper's configurations (model state is measured-exact "
-        "arithmetic; activations are the traced formulas validated above):",
-        "",
-    ]
-    for plan in plans:
-        graph = plan["graph"]
-        lines += [
-            f"`ocp-graphpar plan --config {plan['config']} --atoms {graph['atoms']} "
-            f"--edges {graph['edges']} --gpu-mem {plan['gpu_mem_gib']:g}`",
-            "",
-            *format_plan(plan, triplets_given=False).splitlines(),
-            "",
-        ]
-    return lines
-
-
-def _floor_table(checks) -> list[str]:
-    lines = ["| Floor (issue #8) | Measured | Floor | Holds |", "|---|---:|---:|---|"]
-    for what, value, floor, holds in checks:
-        lines.append(f"| {what} | {value:.3f} | <= {floor:.2f} | {'yes' if holds else 'NO'} |")
-    return [*lines, ""]
+def _number(value: float, digits: int) -> str:
+    """A count as a count (GPUs), a ratio with ``digits`` decimals."""
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
 
 
 def _run_table(runs: dict) -> list[str]:
@@ -195,10 +175,16 @@ def _run_table(runs: dict) -> list[str]:
             f"| {total(run, 'comm', 'bytes') / MIB:,.2f} MiB "
             f"| {int(per_rank_max(run, 'comm', 'calls'))} "
             f"| {per_rank_max(run, 'memory', 'activations') / MIB:,.0f} MiB "
-            f"| {_gflops(run)} | {per_rank_max(run, 'step_s'):.2f} | {per_rank_max(run, 'cpu_s'):.2f} "
+            f"| {_gflops(run)} | {_seconds(run, 'step_s')} | {_seconds(run, 'cpu_s')} "
             f"| {run['threads_per_rank']} |"
         )
     return [*lines, ""]
+
+
+def _seconds(run: dict, key: str) -> str:
+    """Step time, or "-" for a run only counted (no timed steps: ``repeats: 0``)."""
+    values = [rank[key] for rank in run["per_rank"]]
+    return "-" if None in values else f"{max(values):.2f}"
 
 
 def _failed_list(failed: list[dict]) -> list[str]:
@@ -300,20 +286,28 @@ def plot_all(results: list[dict], out_dir: Path) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    table = organise(results)
+    everything = organise(results)
+    # issue #19's memory workloads have a plot of their own
+    table = {name: e for name, e in everything.items() if not e["info"].get("memory")}
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = {
-        "Bytes per training step vs P": _plot_vs_p(
+    plots = {}
+    if table:
+        plots["Bytes per training step vs P"] = _plot_vs_p(
             table, out_dir / "bytes_vs_p.png", ("comm", "bytes"), "MiB received per rank", True
-        ),
-        "Activation memory per rank vs P": _plot_vs_p(
+        )
+        plots["Activation memory per rank vs P"] = _plot_vs_p(
             table, out_dir / "memory_vs_p.png", ("memory", "activations"), "MiB per rank", False
-        ),
-        "Step time vs P": _plot_vs_p(
+        )
+        plots["Step time vs P"] = _plot_vs_p(
             table, out_dir / "step_time_vs_p.png", ("step_s",), "seconds", False, scale=1.0
-        ),
-        "Load balance": _plot_load(table, out_dir / "load_balance.png"),
-    }
+        )
+        plots["Load balance"] = _plot_load(table, out_dir / "load_balance.png")
+    if len(table) < len(everything):
+        from ocp_graphpar.tools.bench.memory_report import plot_memory
+
+        plots["Per-rank memory vs P with activation checkpointing (issue #19)"] = plot_memory(
+            everything, out_dir / "memory_ck_vs_p.png"
+        )
     return {title: f"{out_dir.name}/{path.name}" for title, path in plots.items()}
 
 
@@ -324,6 +318,8 @@ def _plot_vs_p(table, path: Path, keys, ylabel: str, log: bool, scale: float = M
     for ax, (name, entry) in zip(axes[0], table.items()):
         by_contender = defaultdict(list)
         for (contender, size), run in sorted(entry["runs"].items(), key=lambda kv: kv[0][1]):
+            if None in (_dig(rank, keys) for rank in run["per_rank"]):
+                continue  # counted only, not timed
             value = per_rank_max(run, *keys) / scale
             if value > 0 or not log:  # a log axis leaves out P = 1's zero bytes
                 by_contender[contender].append((size, value))

@@ -24,6 +24,7 @@ from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.parallel.testing import GlooWorld, RankDied
 from ocp_graphpar.tools.bench.contenders import CONTENDERS
 from ocp_graphpar.tools.bench.journal import Journal
+from ocp_graphpar.tools.bench.memory_suite import check_memory_spec
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Workload:
     paired_timing: list[str] = field(default_factory=list)  # timed alternately at P = 1
     paired_rounds: int = 2  # alternating blocks per paired contender (2 timed steps each)
     tiny_overrides: dict = field(default_factory=dict)  # model widths under `bench --tiny`
+    contender_sizes: dict = field(default_factory=dict)  # {contender: [P, ...]} (default: all)
+    memory: dict = field(default_factory=dict)  # issue #19's state records (memory_suite.py)
 
     def model_config(self) -> dict:
         """The config's ``model`` section, run on the edges the batch carries."""
@@ -54,7 +57,12 @@ class Workload:
         return {**config, "otf_graph": False, **self.overrides}
 
     def runs_at(self, size: int) -> list[str]:
-        return [c for c in self.contenders if size == 1 or CONTENDERS[c].graph_parallel]
+        return [
+            c
+            for c in self.contenders
+            if (size == 1 or CONTENDERS[c].graph_parallel)
+            and size in self.contender_sizes.get(c, [size])
+        ]
 
 
 @dataclass
@@ -101,6 +109,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
         raise UserFacingError(f"benchmark suite {path} does not exist; pass --suite FILE.yml")
     spec = yaml.safe_load(path.read_text())
     workloads = [Workload(**entry) for entry in spec["workloads"]]
+    sizes = list(spec.get("sizes", [1, 2, 4]))
     for workload in workloads:
         unknown = set(workload.contenders) - set(CONTENDERS)
         if unknown:
@@ -108,7 +117,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
                 f"workload {workload.name}: unknown contenders {sorted(unknown)}; "
                 f"choose from {sorted(CONTENDERS)}"
             )
-    sizes = list(spec.get("sizes", [1, 2, 4]))
+        check_memory_spec(workload.name, workload.memory, sizes)
     gp_check = spec.get("gp_check")
     if gp_check:
         unknown = set(gp_check.get("workloads", [])) - {w.name for w in workloads}
@@ -265,6 +274,8 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
         model_state_bytes,
         paired_step_times,
     )
+    from ocp_graphpar.tools.bench.memory_suite import memory_jobs
+    from ocp_graphpar.tools.bench.planning import plan, plan_check
 
     jobs = [
         _Job(0, ("paired", w.name), _definition(w, suite, paired=True), f"{w.name} paired timing",
@@ -280,7 +291,8 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
                 batches[workload.name],
                 _definition(workload, suite),
             )
-            if size == 1:
+            jobs += memory_jobs(workload, config, defined, size=size)
+            if size == 1 and not workload.memory:
                 jobs.append(_Job(1, ("state", name), defined, f"{name} model state",
                                  model_state_bytes, ("ours", workload.family, config),
                                  partial(_first_rank_record, "state", name)))  # fmt: skip
@@ -289,15 +301,17 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
                                  f"P={size} {name} {contender}", measure_contender,
                                  (contender, workload.family, config, batch),
                                  partial(_run_record, size, workload, contender),
-                                 {"repeats": workload.repeats or suite.repeats}))  # fmt: skip
+                                 {"repeats": suite.repeats if workload.repeats is None
+                                  else workload.repeats}))  # fmt: skip
     for workload, config in prepared:
         name = workload.name
         jobs.append(_Job(0, ("plan_check", name), _definition(workload, suite),
-                         f"{name} planner check", _plan_check,
-                         (workload, config, batches[name], suite.sizes), _as_is))  # fmt: skip
+                         f"{name} planner check", plan_check,
+                         (workload, config, batches[name]), _as_is,
+                         {"sizes": suite.sizes}))  # fmt: skip
     for index, spec in enumerate(suite.plans):
         jobs.append(_Job(0, ("plan", index), fingerprint({"plan": spec, "config": Path(spec["config"]).read_text()}), f"plan {index}",
-                         _plan, (spec,), _as_is))  # fmt: skip
+                         plan, (spec,), _as_is))  # fmt: skip
     return jobs
 
 
@@ -318,38 +332,14 @@ def _definition(workload: Workload, suite: Suite, paired: bool = False) -> str:
     the paired record), its config file, the sizes and the default repeats."""
     spec = asdict(workload)
     spec.pop("tiny_overrides")  # applied to `overrides` when used
-    for key in ("description", "floors", "contenders", "paired_timing", "paired_rounds"):
+    for key in ("description", "floors", "contenders", "paired_timing", "paired_rounds",
+                "contender_sizes"):  # fmt: skip
         if not (paired and key.startswith("paired")):
             spec.pop(key)
     return fingerprint(
         {"workload": spec, "config": Path(workload.config).read_text(),
          "sizes": suite.sizes, "repeats": suite.repeats}
     )  # fmt: skip
-
-
-def _plan_check(workload: Workload, config: dict, batch, sizes: list[int]) -> dict:
-    """The planner's activation estimate for this workload's batch at every size, to set
-    beside the measured peaks."""
-    from ocp_graphpar.tools.bench.contenders import build_contender
-    from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes
-    from ocp_graphpar.tools.plan.trace import WIDTHS, model_graph_size, trace_model
-
-    trace = trace_model(workload.family, config)
-    widths = {name: config[name] for name in WIDTHS[workload.family] if name in config}
-    counts = model_graph_size(
-        workload.family, build_contender("ours", workload.family, config), batch
-    )
-    graph = GraphSize(counts["atoms"], counts["edges"], counts["triplets"], counts.get("kmax", 1))
-    estimates = {str(p): activation_bytes(trace, widths, graph, batch=1, gp=p) for p in sizes}
-    return {"kind": "plan_check", "workload": workload.name, "estimates": estimates}
-
-
-def _plan(spec: dict) -> dict:
-    from ocp_graphpar.tools.plan.estimate import GraphSize, plan_memory
-
-    spec = dict(spec)
-    graph = GraphSize.from_counts(spec.pop("atoms"), spec.pop("edges"))
-    return {"kind": "plan", "workload": "", **plan_memory(spec.pop("config"), graph, **spec)}
 
 
 def _run_record(
@@ -376,6 +366,7 @@ def workload_record(workload: Workload, batch) -> dict:
         "overrides": workload.overrides,
         "systems": workload.systems,
         "floors": workload.floors,
+        "memory": workload.memory,
         "atoms": int(batch.natoms.sum()),
         "edges": int(batch.edge_index.shape[1]),
     }
@@ -385,6 +376,6 @@ def _brief(record: dict) -> str:
     ranks = record["per_rank"]
     return (
         f"{max(r['comm']['bytes'] for r in ranks) / 2**20:.2f} MiB/rank, "
-        f"activations {max(r['memory']['activations'] for r in ranks) / 2**20:.0f} MiB/rank, "
-        f"step {max(r['step_s'] for r in ranks):.2f} s"
+        f"activations {max(r['memory']['activations'] for r in ranks) / 2**20:.0f} MiB/rank"
+        + (f", step {max(r['step_s'] for r in ranks):.2f} s" if ranks[0]["step_s"] else "")
     )

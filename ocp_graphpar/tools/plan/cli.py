@@ -1,4 +1,5 @@
-"""``ocp-graphpar plan``: per-GPU memory against the GP size, and the GP size to ask for."""
+"""``ocp-graphpar plan``: per-GPU memory against the GP size and the memory settings
+(activation checkpointing, sharded optimizer state), and the cheapest that fits."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def run_plan(args: argparse.Namespace) -> int:
         reserve_gib=args.reserve,
         batch_size=args.batch_size,
         max_gp=args.max_gp,
+        world=args.world,
     )
     print(json.dumps(report, indent=1) if args.json else format_plan(report, args.triplets))
     return 0
@@ -31,23 +33,28 @@ def format_plan(report: dict, triplets_given: bool = True) -> str:
     """The plan as text with a markdown table (also used in docs/benchmarks.md)."""
     state = ModelState(**report["state_bytes"])
     graph = GraphSize(**report["graph"])
+    world = report.get("world")
     lines = [
         f"{report['model']} from {report['config']}: {report['parameters'] / 1e6:,.1f}M parameters",
         f"graph per structure: {graph.atoms:,} atoms, {graph.edges:,} edges, "
         f"{graph.triplets:,} triplets, longest triplet list {graph.kmax}"
         + ("" if triplets_given else " (triplets from the mean in-degree; pass --triplets)"),
         f"batch: {report['batch_size']} structures per GP group (optim.batch_size or --batch-size)",
-        f"per GPU at every P: parameters {_gib(state.parameters)}, gradients "
+        f"model state per GPU: parameters {_gib(state.parameters)}, gradients "
         f"{_gib(state.gradients)}, optimizer state {_gib(state.optimizer)}, EMA {_gib(state.ema)}"
-        f" = {_gib(state.total)}; reserve {report['reserve_gib']:.1f} GiB (CUDA context, NCCL "
-        "buffers)",
+        f" = {_gib(state.total)} replicated; sharded state splits the optimizer state and EMA "
+        + (f"over {world} ranks (--world)" if world else "over the GP group's P ranks "
+           "(one GP group; --world N for a run of N GPUs)")
+        + f"; reserve {report['reserve_gib']:.1f} GiB (CUDA context, NCCL buffers)",
         "",
-        f"| GP size | activations per GPU | total per GPU | fits {report['gpu_mem_gib']:g} GiB |",
-        "|---:|---:|---:|---|",
-    ]
+        "| GP size | setting | state per GPU | activations per GPU | total per GPU "
+        f"| fits {report['gpu_mem_gib']:g} GiB |",
+        "|---:|---|---:|---:|---:|---|",
+    ]  # fmt: skip
     for row in map(lambda r: PlanRow(**r), report["rows"]):
         fits = "yes" if row.fits else "no"
-        lines.append(f"| {row.gp_size} | {_gib(row.activations)} | {_gib(row.total)} | {fits} |")
+        lines.append(f"| {row.gp_size} | {row.setting} | {_gib(row.state)} "
+                     f"| {_gib(row.activations)} | {_gib(row.total)} | {fits} |")  # fmt: skip
     lines.append("")
     max_neighbors = report["max_neighbors"]
     if max_neighbors and graph.edges > max_neighbors * graph.atoms:
@@ -61,22 +68,36 @@ def format_plan(report: dict, triplets_given: bool = True) -> str:
 
 
 def _advice(report: dict, state: ModelState) -> str:
-    gp = report["recommended_gp"]
-    if gp is not None:
+    best = report["recommended"]
+    if best is not None:
+        gp, keys = best["gp_size"], best["config_keys"]
+        chosen = [key for key, value in keys.items() if value]
+        spelled = " and ".join(f"{key}: {_yaml(key, keys[key])}" for key in chosen or keys)
+        overrides = "".join(f" --{key}=True" for key in chosen)
+        num_gpus = max(report.get("world") or 8, gp)
         return (
-            f"recommended: --gp-gpus {gp} (the smallest GP size that fits), e.g. "
-            f"fairchem --mode train --config-yml {report['config']} --num-gpus {max(gp, 8)} "
-            f"--gp-gpus {gp}"
+            f"recommended: --gp-gpus {gp} with {best['setting']}: "
+            + (f"set {spelled} in the config" if chosen else f"keep {spelled}")
+            + " (the smallest GP size that fits, and at it the setting that costs least step "
+            f"time), e.g. fairchem --mode train --config-yml {report['config']} "
+            f"--num-gpus {num_gpus} --gp-gpus {gp}{overrides}"
         )
-    if state.total + report["reserve_gib"] * GIB > report["gpu_mem_gib"] * GIB:
+    smallest = ModelState(**{**vars(state), "optimizer": 0, "ema": 0})
+    if smallest.total + report["reserve_gib"] * GIB > report["gpu_mem_gib"] * GIB:
         return (
-            "does not fit at any GP size: the model state alone exceeds the GPU, and graph "
-            "parallelism replicates it. Use GPUs with more memory or a narrower model."
+            "does not fit at any GP size: parameters and gradients alone exceed the GPU, and "
+            "graph parallelism replicates them (sharding splits only the optimizer state and "
+            "EMA). Use GPUs with more memory or a narrower model."
         )
     return (
-        f"does not fit up to --max-gp {report['rows'][-1]['gp_size']}: raise --max-gp, lower "
-        "--batch-size, or set model.activation_checkpointing: True in the config (then re-plan)."
+        f"does not fit up to --max-gp {report['rows'][-1]['gp_size']}, even with activation "
+        "checkpointing and sharded state: raise --max-gp or --world, or lower --batch-size."
     )
+
+
+def _yaml(key: str, value: bool) -> str:
+    """A key's value as the shipped configs spell it (model options Python-style)."""
+    return str(value) if key.startswith("model.") else str(value).lower()
 
 
 def add_plan_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -94,5 +115,11 @@ def add_plan_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reserve", type=float, default=2.0, help="GiB kept free (default 2)")
     parser.add_argument("--batch-size", type=int, help="structures per GP group (default: config)")
     parser.add_argument("--max-gp", type=int, default=1024, help="largest GP size to consider")
+    parser.add_argument(
+        "--world",
+        type=int,
+        help="GPUs of the whole run (data x graph parallel) that sharded optimizer state "
+        "spreads over (default: the GP size, i.e. one GP group)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run_plan)

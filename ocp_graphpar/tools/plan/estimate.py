@@ -1,12 +1,19 @@
-"""Per-GPU memory of a training run against the GP size, and the smallest GP size that fits.
+"""Per-GPU memory of a training run against the GP size and the memory settings, and the
+cheapest setting that fits.
 
 Model state (parameters, gradients, AdamW moments and the AMSGrad maximum, fairchem's EMA copy)
-is replicated on every rank of a GP group; activations are split, each rank holding its share
-of atoms, edges and triplets. Both come from the traced formulas of :mod:`.trace`.
+is replicated on every rank of a GP group unless ``optim.shard_optimizer_state`` partitions the
+optimizer state and the EMA over all ranks of the world (ZeRO-1; parameters and gradients stay
+replicated); activations are split, each rank holding its share of atoms, edges and triplets,
+and ``model.activation_checkpointing`` keeps only each block's inputs, recomputing the rest in
+the backward pass. Both come from the traced formulas of :mod:`.trace`, traced with and without
+checkpointing whatever the config says, so one plan compares every setting.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -59,10 +66,55 @@ class ModelState:
     def total(self) -> int:
         return self.parameters + self.gradients + self.optimizer + self.ema
 
+    def sharded(self, *, world: int) -> ModelState:
+        """Per-rank bytes with the optimizer state and EMA partitioned over ``world`` ranks
+        (rounded up: a rank holds at most its even share); parameters and gradients stay
+        replicated, as every rank's forward and backward needs them whole."""
+        return ModelState(
+            parameters=self.parameters,
+            gradients=self.gradients,
+            optimizer=math.ceil(self.optimizer / world),
+            ema=math.ceil(self.ema / world),
+        )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A combination of the memory options, with the config keys that select it."""
+
+    name: str
+    checkpointing: bool
+    sharded: bool
+
+    @property
+    def config_keys(self) -> dict[str, bool]:
+        return {
+            "model.activation_checkpointing": self.checkpointing,
+            "optim.shard_optimizer_state": self.sharded,
+        }
+
+
+#: Cheapest in step time first: sharding adds a few collectives per optimizer step (gathering
+#: the updated parameters), checkpointing recomputes every block's forward in the backward pass
+#: (about a third more compute), and both pay both.
+SETTINGS = (
+    Setting("plain", checkpointing=False, sharded=False),
+    Setting("sharded state", checkpointing=False, sharded=True),
+    Setting("checkpointing", checkpointing=True, sharded=False),
+    Setting("checkpointing + sharded state", checkpointing=True, sharded=True),
+)
+
 
 @dataclass(frozen=True)
 class PlanRow:
+    """One GP size under one setting; bytes per GPU."""
+
     gp_size: int
+    setting: str
+    activation_checkpointing: bool
+    shard_optimizer_state: bool
+    world: int  # ranks the optimizer state and EMA are sharded over (when they are)
+    state: float
     activations: float
     total: float
     fits: bool
@@ -96,26 +148,43 @@ def activation_bytes(trace: Trace, widths: dict, graph: GraphSize, batch: int, g
 
 
 def plan_rows(
-    trace: Trace,
+    traces: dict[bool, Trace],
     widths: dict,
     state: ModelState,
     graph: GraphSize,
+    *,
     batch: int,
     gpu_bytes: float,
     reserve_bytes: float,
     max_gp: int,
+    world: int | None = None,
 ) -> list[PlanRow]:
-    """Rows for P = 1, 2, 4, ... up to the first that fits (or ``max_gp``)."""
-    rows = []
+    """Rows for every setting at P = 1, 2, 4, ... up to the first P at which the plain setting
+    fits (or ``max_gp``): the larger GP sizes a cheaper setting would need stay in view beside
+    the smallest one that fits. ``traces`` maps checkpointing off/on to its trace; the state is
+    sharded over ``max(world, P)`` ranks (``None``: one GP group, P ranks)."""
+    rows: list[PlanRow] = []
     gp = 1
     while gp <= max_gp:
-        activations = activation_bytes(trace, widths, graph, batch, gp)
-        total = state.total + activations + reserve_bytes
-        rows.append(PlanRow(gp, activations, total, total <= gpu_bytes))
-        if rows[-1].fits:
+        ranks = max(world or gp, gp)
+        for setting in SETTINGS:
+            held = state.sharded(world=ranks) if setting.sharded else state
+            activations = activation_bytes(traces[setting.checkpointing], widths, graph, batch, gp)
+            total = held.total + activations + reserve_bytes
+            rows.append(PlanRow(gp, setting.name, setting.checkpointing, setting.sharded, ranks,
+                                held.total, activations, total, total <= gpu_bytes))  # fmt: skip
+        if rows[-len(SETTINGS)].fits:  # the plain setting
             break
         gp *= 2
     return rows
+
+
+def recommend(rows: list[PlanRow]) -> PlanRow | None:
+    """The cheapest row that fits: the fewest GPUs per GP group first (GPUs cost more than
+    anything a setting costs), then the setting that costs least step time."""
+    order = {setting.name: index for index, setting in enumerate(SETTINGS)}
+    fitting = [row for row in rows if row.fits]
+    return min(fitting, key=lambda row: (row.gp_size, order[row.setting]), default=None)
 
 
 def load_model_config(path: Path) -> dict:
@@ -133,24 +202,34 @@ def load_model_config(path: Path) -> dict:
 def plan_memory(
     config_path: str | os.PathLike,
     graph: GraphSize,
+    *,
     gpu_mem_gib: float = 32.0,
     reserve_gib: float = 2.0,
     batch_size: int | None = None,
     max_gp: int = 1024,
+    world: int | None = None,
 ) -> dict:
-    """The memory plan of a training config for structures of ``graph``'s size (plain data)."""
+    """The memory plan of a training config for structures of ``graph``'s size (plain data):
+    every setting at every GP size up to the first the plain setting fits, and the cheapest
+    row that fits. ``world`` is the number of ranks in the run (data x graph parallel) that
+    sharded state spreads over; ``None`` plans one GP group (the least sharding)."""
+    if world is not None and world < 1:
+        raise UserFacingError(f"--world must be positive (got {world})")
     config = load_model_config(Path(config_path))
     model_config = dict(config["model"])
     family = family_of(str(model_config.pop("name")))
-    trace = trace_model(family, model_config)
+    traces = {
+        checkpointing: _trace(family, {**model_config, "activation_checkpointing": checkpointing})
+        for checkpointing in (False, True)
+    }
     widths = {name: model_config[name] for name in WIDTHS[family] if name in model_config}
-    num_parameters = round(trace.parameters.evaluate(widths))
+    num_parameters = round(traces[False].parameters.evaluate(widths))
     optim = config.get("optim", {})
     state = model_state(num_parameters, optim)
     batch = batch_size or int(optim.get("batch_size", 1))
-    rows = plan_rows(
-        trace, widths, state, graph, batch, gpu_mem_gib * GIB, reserve_gib * GIB, max_gp
-    )
+    rows = plan_rows(traces, widths, state, graph, batch=batch, gpu_bytes=gpu_mem_gib * GIB,
+                     reserve_bytes=reserve_gib * GIB, max_gp=max_gp, world=world)  # fmt: skip
+    best = recommend(rows)
     return {
         "config": str(config_path),
         "model": config["model"]["name"],
@@ -161,6 +240,30 @@ def plan_memory(
         "gpu_mem_gib": gpu_mem_gib,
         "reserve_gib": reserve_gib,
         "state_bytes": vars(state),
+        "world": world,
         "rows": [vars(row) for row in rows],
-        "recommended_gp": next((row.gp_size for row in rows if row.fits), None),
+        "recommended_gp": None if best is None else best.gp_size,
+        "recommended": _recommended(best),
     }
+
+
+@functools.cache
+def _cached_trace(family: str, model_config_json: str, _dtype: str) -> Trace:
+    return trace_model(family, json.loads(model_config_json))
+
+
+def _trace(family: str, model_config: dict) -> Trace:
+    """The probe's trace, once per model config (and default dtype, which sets the probe's
+    element size) in a process: each trace takes a training step."""
+    import torch
+
+    key = json.dumps(model_config, sort_keys=True)
+    return _cached_trace(family, key, str(torch.get_default_dtype()))
+
+
+def _recommended(row: PlanRow | None) -> dict | None:
+    """The recommended row with the config keys that select its setting."""
+    if row is None:
+        return None
+    setting = next(setting for setting in SETTINGS if setting.name == row.setting)
+    return {**vars(row), "config_keys": setting.config_keys}

@@ -3,10 +3,13 @@
 Building a 300M-1B parameter model to ask how much memory it needs would cost the memory in
 question, so the planner traces a *probe*: the same architecture (same blocks, layers, bases)
 with every width replaced by a distinct prime, run for one training step on a small slab. Each
-dimension of each parameter and of each tensor live at the step's peak is then read back as a
-symbol: a width (a prime only that width has), a graph size (atoms, edges, triplets, the
-longest triplet list of an edge), a product of two of those, or a constant. Evaluating the
-symbols at the real widths and at any graph size gives the real model's counts.
+dimension of each parameter and of each tensor live at a moment that can hold the step's peak
+(an allocation followed by a release) is then read back as a symbol: a width (a prime only that
+width has), a graph size (atoms, edges, triplets, the longest triplet list of an edge), a
+product of two of those, or a constant. Evaluating the symbols at the real widths and at any
+graph size gives the real model's counts; the largest moment there is the real step's peak.
+The model's settings stay as given, so a probe with ``activation_checkpointing`` traces what a
+checkpointed step keeps and recomputes.
 """
 
 from __future__ import annotations
@@ -62,12 +65,26 @@ def _symbol(symbol: str, values: dict[str, float]) -> float:
 
 
 @dataclass(frozen=True)
-class Peak:
-    """Bytes at a training step's peak: the largest of the formulas of what was live at each
-    phase's peak in the probe (forward, then loss and backward). At other widths the step's peak
-    can fall in the other phase than it did in the probe, so each is evaluated."""
+class Moments:
+    """Bytes live at the moments of one phase of the probe's step where an allocation was
+    followed by a release, one formula each (those that another holds entirely are dropped).
+    The step's peak at any sizes is one of these moments (the same operators run in the same
+    order), but which one depends on the sizes: with activation checkpointing the backward
+    pass peaks while recomputing a triplet-heavy block on a real graph and an edge-heavy one on
+    the small probe, so each is evaluated."""
 
-    phases: tuple[Formula, ...]
+    formulas: tuple[Formula, ...]
+
+    def evaluate(self, values: dict[str, float]) -> float:
+        return max((formula.evaluate(values) for formula in self.formulas), default=0.0)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Bytes at a training step's peak: the largest over the phases of the probe's step
+    (forward, then loss and backward) of what was live at each phase's candidate moments."""
+
+    phases: tuple[Moments, ...]
 
     def evaluate(self, values: dict[str, float]) -> float:
         return max(phase.evaluate(values) for phase in self.phases)
@@ -148,7 +165,7 @@ def trace_model(family: str, model_config: dict) -> Trace:
     halved = {value: term for value, term in widths.items() if value // 2 in dims}
     readings = _readings(widths, sizes, halved=halved)
     parameters, missed_p = _formula(((p.shape, 1) for p in model.parameters()), readings)
-    phases = [_formula(shapes, readings) for shapes in tracker.phase_peaks]
+    phases = [_moments(moments, readings) for moments in tracker.phase_moments()]
     missed_a = max(missed for _, missed in phases)
     activations = Peak(tuple(formula for formula, _ in phases))
     return Trace(family, parameters, activations, missed_p + missed_a)
@@ -210,6 +227,63 @@ def _formula(shapes, readings: dict[int, Term]) -> tuple[Formula, int]:
         unresolved += sum(isinstance(d, int) and d > 10 for d in dims)
         tensors.append((element_size, dims))
     return Formula(tuple(tensors)), unresolved
+
+
+Polynomial = dict[Monomial, int]  # bytes: coefficient of each product of symbols
+
+
+def _moments(
+    moments: list[dict[tuple[tuple[int, ...], int], int]], readings: dict[int, Term]
+) -> tuple[Moments, int]:
+    """Each moment's live tensors as one polynomial in the symbols; a moment whose every
+    coefficient another moment matches or exceeds can never be the larger (all symbols are
+    positive), so only the others are kept. Also the number of unresolved dimensions."""
+    polynomials: dict[tuple[tuple[int, ...], int], Polynomial] = {}
+    unresolved = 0
+    candidates: dict[frozenset, tuple[int, Polynomial]] = {}
+    for moment in moments:
+        total: Polynomial = {}
+        probe_bytes = 0
+        for kind, count in moment.items():
+            if kind not in polynomials:
+                polynomials[kind], missed = _polynomial(kind, readings)
+                unresolved += missed
+            for monomial, coefficient in polynomials[kind].items():
+                total[monomial] = total.get(monomial, 0) + count * coefficient
+            probe_bytes += count * kind[1] * math.prod(kind[0])
+        candidates.setdefault(frozenset(total.items()), (probe_bytes, total))
+    kept: list[Polynomial] = []
+    # a moment's dominators hold at least its bytes in the probe: they come first
+    for _, polynomial in sorted(candidates.values(), key=lambda c: -c[0]):
+        if not any(all(c <= other.get(m, 0) for m, c in polynomial.items()) for other in kept):
+            kept.append(polynomial)
+    formulas = tuple(
+        Formula(tuple((coefficient, ((monomial,),)) for monomial, coefficient in p.items()))
+        for p in kept
+    )
+    return Moments(formulas), unresolved
+
+
+def _polynomial(
+    kind: tuple[tuple[int, ...], int], readings: dict[int, Term]
+) -> tuple[Polynomial, int]:
+    """A tensor's bytes, ``element_size * prod(dims)``, expanded into monomials."""
+    shape, element_size = kind
+    polynomial: Polynomial = {(): element_size}
+    unresolved = 0
+    for dim in shape:
+        term = readings.get(int(dim), int(dim))
+        if isinstance(term, int):
+            unresolved += term > 10
+            polynomial = {m: c * term for m, c in polynomial.items()}
+            continue
+        expanded: Polynomial = {}
+        for monomial, coefficient in polynomial.items():
+            for factor in term:
+                key = tuple(sorted(monomial + factor))
+                expanded[key] = expanded.get(key, 0) + coefficient
+        polynomial = expanded
+    return polynomial, unresolved
 
 
 def _readings(

@@ -1,0 +1,89 @@
+"""The memory planner in the bench: its estimates beside the measured peaks, and its plans.
+
+``plan_check`` and ``plan`` make records (jobs of :mod:`.suite`); ``plan_check_table`` and
+``plans_section`` render them (:mod:`.report`).
+"""
+
+from __future__ import annotations
+
+from ocp_graphpar.tools.bench.contenders import CONTENDERS, OURS, build_contender
+
+MIB = 2**20
+WHO = {"ours": "ours", "ours_ck": "ours with activation checkpointing"}
+
+
+def plan_check(workload, config: dict, batch, *, sizes: list[int]) -> dict:
+    """The planner's activation estimate for this workload's batch at every size, to set
+    beside the measured peaks: for ours as configured and, when the workload runs it, for
+    ``ours_ck`` (the planner's checkpointed trace, issue #19)."""
+    from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes
+    from ocp_graphpar.tools.plan.trace import WIDTHS, model_graph_size, trace_model
+
+    widths = {name: config[name] for name in WIDTHS[workload.family] if name in config}
+    counts = model_graph_size(
+        workload.family, build_contender("ours", workload.family, config), batch
+    )
+    graph = GraphSize(counts["atoms"], counts["edges"], counts["triplets"], counts.get("kmax", 1))
+    record = {"kind": "plan_check", "workload": workload.name}
+    for key, contender in (("estimates", "ours"), ("estimates_ck", "ours_ck")):
+        if contender == "ours" or contender in workload.contenders:
+            trace = trace_model(workload.family, {**config, **OURS[contender]})
+            record[key] = {str(p): activation_bytes(trace, widths, graph, batch=1, gp=p)
+                           for p in sizes}  # fmt: skip
+    return record
+
+
+def plan(spec: dict) -> dict:
+    """A suite's ``plans:`` entry planned (``ocp-graphpar plan`` as a record)."""
+    from ocp_graphpar.tools.plan.estimate import GraphSize, plan_memory
+
+    spec = dict(spec)
+    graph = GraphSize.from_counts(spec.pop("atoms"), spec.pop("edges"))
+    return {"kind": "plan", "workload": "", **plan_memory(spec.pop("config"), graph, **spec)}
+
+
+def plan_check_table(runs: dict, estimates: dict, *, contender: str = "ours") -> list[str]:
+    lines = [
+        "`ocp-graphpar plan`'s activation estimate against the measured peak "
+        f"({WHO.get(contender, CONTENDERS[contender].label)}, per rank):",
+        "",
+        "| P | Measured | Planner | Planner error |",
+        "|---:|---:|---:|---:|",
+    ]
+    for (name, size), run in sorted(runs.items(), key=lambda kv: kv[0][1]):
+        if name != contender or str(size) not in estimates:
+            continue
+        measured = max(rank["memory"]["activations"] for rank in run["per_rank"])
+        estimate = estimates[str(size)]
+        lines.append(
+            f"| {size} | {measured / MIB:,.1f} MiB | {estimate / MIB:,.1f} MiB "
+            f"| {100 * (estimate / measured - 1):+.1f}% |"
+        )
+    return [*lines, ""]
+
+
+def plans_section(plans: list[dict]) -> list[str]:
+    """``## Memory plans``: each plan as ``ocp-graphpar plan`` prints it."""
+    from ocp_graphpar.tools.plan.cli import format_plan
+
+    lines = [
+        "## Memory plans",
+        "",
+        "`ocp-graphpar plan` for the paper's configurations (model state is measured-exact "
+        "arithmetic; activations are the traced formulas validated above):",
+        "",
+    ]
+    for plan in plans:
+        graph = plan["graph"]
+        if "recommended" not in plan:  # written before the planner compared settings
+            lines += [f"(a plan of {plan['config']} by an older planner: re-run "
+                      "`ocp-graphpar bench --only plans`)", ""]  # fmt: skip
+            continue
+        lines += [
+            f"`ocp-graphpar plan --config {plan['config']} --atoms {graph['atoms']} "
+            f"--edges {graph['edges']} --gpu-mem {plan['gpu_mem_gib']:g}`",
+            "",
+            *format_plan(plan, triplets_given=False).splitlines(),
+            "",
+        ]
+    return lines
