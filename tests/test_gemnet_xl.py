@@ -105,3 +105,47 @@ def test_forward_moves_only_halo_rows_and_the_outputs(gloo_world, batch):
         assert comm["all_reduce"]["calls"] == 1  # per-system energies
         assert comm["all_gather"] == {"calls": 1, "bytes": 8 * 3 * (atoms - stats.atoms[rank])}
     assert sum(stats.atoms) == atoms and min(stats.atoms) > 0
+
+
+def test_lean_bilinear_layer_equals_upstreams_with_its_parameters():
+    """The triplet layers without upstream's (emb_size_trip, n_edges, units_out) intermediate:
+    same outputs and gradients (inputs and weights), float64, on ragged triplet lists."""
+    from fairchem.core.models.gemnet.layers.efficient import (
+        EfficientInteractionBilinear,
+        EfficientInteractionDownProjection,
+    )
+
+    from ocp_graphpar.models.gemnet_xl.bilinear import bilinear, down_projection
+
+    generator = torch.Generator().manual_seed(3)
+    num_edges, num_spherical, num_radial, interm, trip, out = 11, 3, 4, 5, 6, 7
+    per_edge = torch.tensor([0, 3, 1, 4, 2, 0, 5, 1, 1, 2, 3])  # ragged, with empty lists
+    id_ca = torch.repeat_interleave(torch.arange(num_edges), per_edge)
+    ragged = torch.cat([torch.arange(int(n)) for n in per_edge])
+    kmax = int(per_edge.max())
+    down = EfficientInteractionDownProjection(num_spherical, num_radial, interm).double()
+    layer = EfficientInteractionBilinear(trip, interm, out).double()
+
+    def run(ours: bool):
+        rbf = torch.randn(1, num_edges, num_radial, generator=generator, dtype=torch.float64)
+        sph = torch.randn(len(id_ca), num_spherical, generator=generator, dtype=torch.float64)
+        m = torch.randn(len(id_ca), trip, generator=generator, dtype=torch.float64)
+        for tensor in (rbf, sph, m):
+            tensor.requires_grad_()
+        if ours:
+            basis = down_projection(down, rbf, sph, id_ca, ragged, kmax=kmax)
+            result = bilinear(layer, basis, m, id_ca, ragged, kmax=kmax)
+        else:
+            result = layer(down(rbf, sph, id_ca, ragged), m, id_ca, ragged)
+        weights = (down.weight, layer.weight)
+        grads = torch.autograd.grad((result**2).sum(), (rbf, sph, m, *weights))
+        return result.detach(), grads
+
+    generator.manual_seed(3)
+    expected, expected_grads = run(ours=False)
+    generator.manual_seed(3)
+    result, grads = run(ours=True)
+    assert result.shape == (num_edges, out)
+    assert rel_err(result, expected) < RTOL
+    for grad, reference in zip(grads, expected_grads):
+        assert rel_err(grad, reference) < RTOL
