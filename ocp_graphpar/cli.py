@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.bench.cli import add_bench_commands
@@ -14,11 +15,22 @@ from ocp_graphpar.tools.export.cli import add_export_commands
 from ocp_graphpar.tools.plan.cli import add_plan_commands
 
 
+def package_version() -> str:
+    """The installed distribution's version, else the package's ``__version__`` (a source tree)."""
+    try:
+        return metadata.version("ocp-graphpar")
+    except metadata.PackageNotFoundError:
+        from ocp_graphpar import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocp-graphpar",
         description="Graph-parallel GemNet-XL / DimeNet++-XL for fairchem: data, tools, reports.",
     )
+    parser.add_argument("--version", action="version", version=f"ocp-graphpar {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_demo_commands(commands)
     add_data_commands(commands)

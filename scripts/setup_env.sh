@@ -95,7 +95,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -c 'import sys; assert (3, 9) <= sys.version_info[:2] < (3, 13), "fairchem-core 1.10 needs Python 3.9 to 3.12"' \
+  "$PYTHON" -c 'import sys; assert (3, 10) <= sys.version_info[:2] < (3, 13), "torch 2.13 needs Python 3.10+ and fairchem-core 1.10 Python up to 3.12"' \
     || die "$PYTHON is not a supported Python; set PYTHON=python3.11"
   echo "setup: creating $VENV"
   run "$PYTHON" -m venv "$VENV"
