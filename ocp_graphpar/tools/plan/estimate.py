@@ -121,17 +121,18 @@ class PlanRow:
 
 
 def model_state(num_parameters: int, optim: dict) -> ModelState:
-    """fairchem's float32 training state: AdamW keeps two moments, AMSGrad a third buffer,
-    and ``ema_decay`` a shadow copy of the parameters."""
-    optimizer_name = str(optim.get("optimizer", "AdamW")).lower()
-    amsgrad = bool(optim.get("optimizer_params", {}).get("amsgrad", False))
-    moments = {"adamw": 2, "adam": 2, "sgd": 0}.get(optimizer_name, 2) + int(amsgrad)
-    param_bytes = num_parameters * FLOAT32
+    """fairchem's float32 training state, replicated (the rows' sharding divides it): the
+    trainer's own per-parameter accounting, e.g. AdamW's two moments, AMSGrad's third buffer
+    and the EMA copy with ``ema_decay``."""
+    from ocp_graphpar.trainers.sharded_state import bytes_per_parameter
+
+    unsharded = {**optim, "shard_optimizer_state": False}
+    per_parameter = bytes_per_parameter(optim=unsharded, world_size=1, element_size=FLOAT32)
     return ModelState(
-        parameters=param_bytes,
-        gradients=param_bytes,
-        optimizer=moments * param_bytes,
-        ema=param_bytes if optim.get("ema_decay") else 0,
+        parameters=round(num_parameters * per_parameter.parameters),
+        gradients=round(num_parameters * per_parameter.gradients),
+        optimizer=round(num_parameters * per_parameter.optimizer),
+        ema=round(num_parameters * per_parameter.ema),
     )
 
 
