@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ocp_graphpar.parallel.indexing import stable_argsort
+
 
 @dataclass(frozen=True)
 class WorkWeights:
@@ -49,22 +51,16 @@ def atom_work(
     """``(N,)`` estimated work of each atom: its own, its incoming edges' and their triplets'."""
     dst = edge_index[1]
     in_degree = torch.bincount(dst, minlength=num_atoms)
-    triplets_per_edge = resolve_triplets(triplets_per_edge, dst, num_atoms=num_atoms)
-    triplets = torch.zeros(num_atoms, dtype=torch.double, device=dst.device)
-    triplets.index_add_(0, dst, triplets_per_edge.double())
+    # per atom, from its in-degree d where the count per edge is uniform: GemNet's d (d - 1)
+    if triplets_per_edge is None:
+        triplets = (in_degree * (in_degree - 1)).double()
+    elif isinstance(triplets_per_edge, int):
+        triplets = (in_degree * triplets_per_edge).double()
+    else:
+        triplets = torch.zeros(num_atoms, dtype=torch.double, device=dst.device)
+        triplets.index_add_(0, dst, triplets_per_edge.double())
     weights = weights or WorkWeights()
     return weights.atom + weights.edge * in_degree.double() + weights.triplet * triplets
-
-
-@dataclass(frozen=True)
-class _Systems:
-    """The batch as the balancer reads it: each system's atom span, work and coordinates."""
-
-    spans: list[tuple[int, int]]  # [start, stop) atom range of each system
-    work: list[float]  # total estimated work of each system
-    coords: Tensor  # (N, 3) fractional coordinates (Cartesian for molecules)
-    atom_work: Tensor  # (N,)
-    edge_index: Tensor  # (2, E)
 
 
 def balanced_spatial_owner(
@@ -88,32 +84,92 @@ def balanced_spatial_owner(
     coordinate, started at the widest gap so a periodic direction is cut once and a slab's
     vacuum comes first).
 
+    Every system, layout and atom order is handled at once in tensor operations: the host cost
+    grows with the batch's size, not with its number of systems.
+
+    Args:
+        batch: ``(N,)`` system of each atom, non-decreasing.
+        pos: ``(N, 3)`` positions; cell: ``(B, 3, 3)`` or ``None``.
+        edge_index: ``(2, E)`` ``[source, target]``; work: ``(N,)`` estimated work per atom.
+
     Returns:
         ``(N,)`` owning rank of each atom.
     """
-    counts = torch.bincount(batch) if batch.numel() else torch.zeros(0, dtype=torch.long)
-    starts = (torch.cumsum(counts, 0) - counts).tolist()
-    spans = [(a, a + n) for a, n in zip(starts, counts.tolist())]
-    systems = _Systems(
-        spans=spans,
-        work=[float(work[a:b].sum()) for a, b in spans],
-        coords=_fractional(batch, pos, cell),
-        atom_work=work,
-        edge_index=edge_index,
+    if size == 1 or batch.numel() == 0:
+        return torch.zeros_like(batch)
+    systems = _Systems.of(batch)
+    coords = _fractional(batch, pos, cell)
+    orders = torch.cat([torch.arange(batch.numel())[None], _cyclic_orders(coords, systems)])
+    system_work = _system_work(work, systems)
+    layouts = _layouts(system_work, size=size)
+    num_layouts, num_orders = layouts.shape[0], orders.shape[0]
+    by_position = _owners_by_position(
+        systems, orders, work, system_work=system_work, layouts=layouts, size=size, snap=snap
     )
-    by_work = sorted(range(len(spans)), key=lambda i: -systems.work[i])
-    layouts = [
-        list(range(len(spans))),
+    # A system no cut falls in keeps one owner whatever its order: only the others' edges count.
+    last = (systems.starts + systems.sizes - 1).clamp(min=0)
+    split = (by_position[..., systems.starts] != by_position[..., last]).flatten(0, 1).any(0)
+    owners = _owners_by_atom(by_position, orders)
+    costs = _cut_edges(owners, edge_index, systems, counted=split)
+    cost, choice = costs.view(-1, num_layouts, num_orders).min(dim=-1)  # first least, as a loop
+    layout = int(torch.argmin(cost.sum(dim=0)))
+    column = layout * num_orders + choice[:, layout]
+    return owners[torch.arange(batch.numel()), column[batch]].long()
+
+
+@dataclass(frozen=True)
+class _Systems:
+    """The batch's systems as contiguous atom spans, with each atom's place in its system."""
+
+    count: int  # B
+    batch: Tensor  # (N,) system of each atom
+    sizes: Tensor  # (B,) atoms per system
+    starts: Tensor  # (B,) first atom of each system
+    column: Tensor  # (N,) position of each atom within its system
+    width: int  # the largest system's size (M)
+
+    @staticmethod
+    def of(batch: Tensor) -> _Systems:
+        sizes = torch.bincount(batch)
+        starts = torch.cumsum(sizes, 0) - sizes
+        column = torch.arange(batch.numel(), device=batch.device) - starts[batch]
+        return _Systems(
+            count=sizes.numel(),
+            batch=batch,
+            sizes=sizes,
+            starts=starts,
+            column=column,
+            width=int(sizes.max()),
+        )
+
+    def padded(self, flat: Tensor) -> Tensor:
+        """``(..., N)`` per-atom values in system-major order as ``(..., B, M)``, zero-padded:
+        a scan along the last axis then runs over each system alone, in the same order and
+        with the same rounding as over that system's own slice."""
+        out = flat.new_zeros((*flat.shape[:-1], self.count, self.width))
+        out[..., self.batch, self.column] = flat
+        return out
+
+
+def _system_work(work: Tensor, systems: _Systems) -> Tensor:
+    """``(B,)`` total work of each system."""
+    return torch.zeros(systems.count, dtype=work.dtype, device=work.device).index_add_(
+        0, systems.batch, work
+    )
+
+
+def _layouts(system_work: Tensor, *, size: int) -> Tensor:
+    """``(L, B)`` the system orders tried, each once: batch order, by work descending and
+    ascending, and packed into ``size`` balanced bins."""
+    by_work = torch.sort(-system_work, stable=True).indices.tolist()
+    candidates = [
+        list(range(len(by_work))),
         by_work,
         by_work[::-1],
-        _packed(by_work, systems.work, size=size),
+        _packed(by_work, system_work.tolist(), size=size),
     ]
-    best, best_cut = None, None
-    for layout in layouts:
-        owner, cut = _layout_owner(systems, layout=layout, size=size, snap=snap)
-        if best_cut is None or cut < best_cut:
-            best, best_cut = owner, cut
-    return best if best is not None else torch.zeros_like(batch)
+    unique = list(dict.fromkeys(tuple(layout) for layout in candidates))
+    return torch.tensor(unique, dtype=torch.long, device=system_work.device)
 
 
 def _packed(by_work: list[int], system_work: list[float], *, size: int) -> list[int]:
@@ -128,55 +184,149 @@ def _packed(by_work: list[int], system_work: list[float], *, size: int) -> list[
     return [i for b in bins for i in b]
 
 
-def _thresholds(bounds: list[float], *, size: int, snap: float) -> Tensor:
-    """``(P - 1,)`` cumulative work at each cut, snapped onto a nearby system boundary."""
-    share = bounds[-1] / size
-    thresholds = []
-    for r in range(1, size):
-        ideal = r * share
-        nearest = min(bounds, key=lambda b: abs(b - ideal))
-        thresholds.append(nearest if abs(nearest - ideal) <= snap * share else ideal)
-    return torch.tensor(thresholds, dtype=torch.double)
+def _thresholds(bounds: Tensor, *, size: int, snap: float) -> Tensor:
+    """``(L, P - 1)`` cumulative work at each cut of each layout, snapped onto the nearest
+    system boundary of ``bounds (L, B + 1)`` when one lies within ``snap`` of a share."""
+    share = bounds[:, -1:] / size
+    ideal = torch.arange(1, size, dtype=bounds.dtype, device=bounds.device) * share
+    distance = (bounds[:, None, :] - ideal[:, :, None]).abs()
+    nearest = bounds.gather(1, distance.argmin(dim=-1))
+    return torch.where((nearest - ideal).abs() <= snap * share, nearest, ideal)
 
 
-def _layout_owner(
-    systems: _Systems, *, layout: list[int], size: int, snap: float
-) -> tuple[Tensor, int]:
-    """Owners and cut-edge count for systems laid out in the order ``layout``."""
-    bounds = [0.0]
-    for i in layout:
-        bounds.append(bounds[-1] + systems.work[i])
+def _owners_by_position(
+    systems: _Systems,
+    orders: Tensor,
+    work: Tensor,
+    *,
+    system_work: Tensor,
+    layouts: Tensor,
+    size: int,
+    snap: float,
+) -> Tensor:
+    """``(L, C, N)`` owner of the atom at each position of every atom order, under every
+    layout.
+
+    Args:
+        orders: ``(C, N)`` atoms in each candidate order, system-major.
+        layouts: ``(L, B)`` system orders.
+    """
+    num_layouts, num_orders, num_atoms = layouts.shape[0], orders.shape[0], orders.shape[1]
+    bounds = torch.cumsum(
+        torch.cat([system_work.new_zeros(num_layouts, 1), system_work[layouts]], dim=1), dim=1
+    )
     thresholds = _thresholds(bounds, size=size, snap=snap)
+    # (L, B) work laid out before each system
+    offsets = torch.empty_like(bounds[:, 1:]).scatter_(1, layouts, bounds[:, :-1])
 
-    src, dst = systems.edge_index
-    work, device = systems.atom_work, systems.atom_work.device
-    owner = torch.zeros(systems.coords.shape[0], dtype=torch.long, device=device)
-    cut = 0
-    for i, offset in zip(layout, bounds):
-        start, stop = systems.spans[i]
-        in_system = (dst >= start) & (dst < stop)
-        s, d = src[in_system] - start, dst[in_system] - start
-        candidates = [torch.arange(stop - start, device=device)] + [
-            _cyclic_order(systems.coords[start:stop, axis]) for axis in range(3)
+    batch = systems.batch
+    ordered = work[orders]  # (C, N)
+    cumulative = systems.padded(ordered).cumsum(dim=-1)[:, batch, systems.column]
+    midpoints = (offsets[:, None, batch] + cumulative) - ordered / 2  # (L, C, N)
+    owner = torch.searchsorted(thresholds, midpoints.view(num_layouts, -1), right=True)
+    return owner.view(num_layouts, num_orders, num_atoms)
+
+
+def _owners_by_atom(by_position: Tensor, orders: Tensor) -> Tensor:
+    """``(N, L * C)`` owner of each atom under every layout and order: a row per atom, read
+    once per edge end when counting cuts."""
+    num_layouts, num_orders, num_atoms = by_position.shape
+    by_atom = torch.empty_like(by_position)
+    by_atom.scatter_(2, orders.expand_as(by_atom), by_position)
+    return by_atom.permute(2, 0, 1).reshape(num_atoms, -1)
+
+
+def _cut_edges(owners: Tensor, edge_index: Tensor, systems: _Systems, *, counted: Tensor) -> Tensor:
+    """``(B, K)`` edges whose ends have different owners, per system of the target, for each
+    of the ``K`` columns of ``owners (N, K)``; zero for systems not ``counted (B,)``."""
+    src, dst = edge_index
+    num_columns = owners.shape[1]
+    costs = torch.zeros((systems.count, num_columns), dtype=torch.double, device=owners.device)
+    if not bool(counted.any()):
+        return costs
+    if systems.count > 1 and not bool(counted.all()):
+        kept = counted[systems.batch[dst]].nonzero().flatten()
+        src, dst = src[kept], dst[kept]
+    if int(owners.max()) > _BYTE:
+        return costs.index_add_(0, systems.batch[dst], (owners[src] != owners[dst]).double())
+    flags = _differing_bytes(owners, src, dst)
+    if systems.count == 1:
+        return costs + _byte_sums(flags)[:num_columns]
+    per_edge = flags.view(torch.uint8).view(src.numel(), -1)[:, :num_columns]
+    return costs.index_add_(0, systems.batch[dst], per_edge.double())
+
+
+_BYTE = 255
+
+
+def _differing_bytes(owners: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    """``(E, W)`` words whose byte ``k`` is 1 where column ``k`` of ``owners (N, K)`` (ranks
+    below 256) differs between an edge's ends, else 0.
+
+    Each atom's owners are packed one byte per column into ``W`` words of 4 bytes (for ``K <=
+    4``) or 8, so an edge end is one gather however many columns there are.
+    """
+    num_atoms, num_columns = owners.shape
+    dtype = torch.int32 if num_columns <= 4 else torch.int64
+    width = dtype.itemsize
+    words = -(-num_columns // width)
+    packed = torch.zeros((num_atoms, width * words), dtype=torch.uint8, device=owners.device)
+    packed[:, :num_columns] = owners
+    packed = packed.view(dtype)
+    if words == 1:  # a gather of scalars is much cheaper than one of rows
+        packed = packed.view(-1)
+    differ = (packed.index_select(0, src) ^ packed.index_select(0, dst)).view(-1, words)
+    # fold each byte's bits onto its lowest bit (shifts stay within a byte where it matters)
+    differ |= differ >> 4
+    differ |= differ >> 2
+    differ |= differ >> 1
+    return differ & int.from_bytes(b"\x01" * width, "little")
+
+
+def _byte_sums(flags: Tensor) -> Tensor:
+    """``(bytes per row,)`` sums over rows of the bytes of ``flags (E, W)``, each byte 0 or 1:
+    words are added in runs of 255 rows, which no byte can overflow, before the bytes split."""
+    rows, words = flags.shape
+    whole = rows - rows % _BYTE
+    runs = torch.cat(
+        [
+            flags[:whole].view(-1, _BYTE, words).sum(dim=1, dtype=flags.dtype),
+            flags[whole:].sum(dim=0, keepdim=True, dtype=flags.dtype),
         ]
-        options = [
-            _assign(order, work[start:stop], offset=offset, thresholds=thresholds)
-            for order in candidates
-        ]
-        costs = [int((a[s] != a[d]).sum()) for a in options]
-        choice = min(range(len(options)), key=costs.__getitem__)
-        owner[start:stop] = options[choice]
-        cut += costs[choice]
-    return owner, cut
+    )
+    return runs.view(torch.uint8).view(runs.shape[0], -1).sum(dim=0)
 
 
-def _assign(order: Tensor, work: Tensor, *, offset: float, thresholds: Tensor) -> Tensor:
-    """Owner of each atom of one system, visited in ``order`` after ``offset`` work."""
-    ordered = work[order]
-    midpoint = offset + torch.cumsum(ordered, 0) - ordered / 2
-    owner = torch.empty_like(order)
-    owner[order] = torch.searchsorted(thresholds.to(midpoint.device), midpoint, right=True)
-    return owner
+def _cyclic_orders(coords: Tensor, systems: _Systems) -> Tensor:
+    """``(3, N)`` atoms of each system sorted along each axis of ``coords (N, 3)``, started
+    just after the widest gap of that periodic coordinate (ties kept in index order)."""
+    batch = systems.batch
+    last = systems.column == systems.sizes[batch] - 1
+    following = torch.where(last, systems.starts[batch], torch.arange(1, batch.numel() + 1))
+    orders = []
+    for axis in range(3):
+        coord = coords[:, axis]
+        order = torch.argsort(coord, stable=True)
+        if systems.count > 1:  # regroup by system, keeping the coordinate order inside each
+            order = order[stable_argsort(batch[order], num_keys=systems.count)]
+        ordered = coord[order]
+        after = ordered[following]
+        gaps = torch.where(last, (after + 1) - ordered, after - ordered)
+        widest = _first_max_column(gaps, batch, systems)
+        shift = (widest + 1) % systems.sizes.clamp(min=1)
+        rolled = (systems.column + shift[batch]) % systems.sizes[batch]
+        orders.append(order[systems.starts[batch] + rolled])
+    return torch.stack(orders)
+
+
+def _first_max_column(values: Tensor, batch: Tensor, systems: _Systems) -> Tensor:
+    """``(B,)`` column of the first largest value of each system (0 for empty systems)."""
+    largest = torch.full(
+        (systems.count,), float("-inf"), dtype=values.dtype, device=values.device
+    ).scatter_reduce_(0, batch, values, reduce="amax")
+    candidates = torch.where(values == largest[batch], systems.column, batch.numel())
+    first = torch.full_like(systems.sizes, batch.numel())
+    return first.scatter_reduce_(0, batch, candidates, reduce="amin") % batch.numel()
 
 
 def index_split_owner(
@@ -193,13 +343,10 @@ def index_split_owner(
         return torch.repeat_interleave(
             torch.arange(size, device=device), counts, output_size=num_atoms
         )
+    work = work.to(device, torch.double)
     thresholds = torch.arange(1, size, dtype=torch.double, device=device) * float(work.sum()) / size
-    return _assign(
-        torch.arange(num_atoms, device=device),
-        work.to(device, torch.double),
-        offset=0.0,
-        thresholds=thresholds,
-    )
+    midpoints = torch.cumsum(work, 0) - work / 2
+    return torch.searchsorted(thresholds, midpoints, right=True)
 
 
 def _fractional(batch: Tensor, pos: Tensor, cell: Tensor | None) -> Tensor:
@@ -212,16 +359,3 @@ def _fractional(batch: Tensor, pos: Tensor, cell: Tensor | None) -> Tensor:
     )
     frac = torch.linalg.solve(safe[batch].transpose(1, 2), pos.double().unsqueeze(-1)).squeeze(-1)
     return torch.where(singular[batch, None], pos.double(), frac - frac.floor())
-
-
-def _cyclic_order(coord: Tensor) -> Tensor:
-    """Sort a periodic coordinate starting just after its widest gap."""
-    order = torch.argsort(coord, stable=True)
-    if coord.numel() < 2:
-        return order
-    sorted_coord = coord[order]
-    gaps = torch.cat(
-        [sorted_coord[1:] - sorted_coord[:-1], sorted_coord[:1] + 1 - sorted_coord[-1:]]
-    )
-    start = (int(torch.argmax(gaps)) + 1) % coord.numel()
-    return torch.roll(order, -start)

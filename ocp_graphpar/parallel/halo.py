@@ -85,8 +85,8 @@ def build_halo(
     item_local: Tensor,
     size: int,
     rank: int,
-) -> tuple[Halo, list[int]]:
-    """The halo of ``rank`` for (requester rank, item) pairs, and every rank's halo size.
+) -> Halo:
+    """The halo of ``rank`` for (requester rank, item) pairs.
 
     Args:
         requester, item: ``(M,)`` pairs (rank that needs the item, global item id), the same on
@@ -94,19 +94,38 @@ def build_halo(
         item_owner: ``(num_items,)`` owning rank of every item.
         item_local: ``(num_items,)`` row of every item among its owner's items.
     """
-    remote = item_owner[item] != requester
-    num_items = max(item_owner.numel(), 1)
-    key = torch.unique(requester[remote] * num_items + item[remote])  # sorted: by rank, then id
-    req, it = key // num_items, key % num_items
-    own = item_owner[it]
-
-    mine = req == rank
-    arrival = torch.argsort(own[mine], stable=True)
-    sending = own == rank
-    halo = Halo(
-        send_index=item_local[it[sending]],
-        send_counts=rank_counts(req[sending], size=size),
-        recv_counts=rank_counts(own[mine], size=size),
-        recv_global=it[mine][arrival],
+    owner = item_owner.index_select(0, item)
+    # only the pairs this rank receives or sends: a 1/P share of the cut, cheap to sort
+    involved = ((requester == rank) | (owner == rank)) & (owner != requester)
+    pairs = involved.nonzero().flatten()
+    req, it = _unique_pairs(
+        requester.index_select(0, pairs), item.index_select(0, pairs), item_owner.numel()
     )
-    return halo, rank_counts(req, size=size)
+    own = item_owner.index_select(0, it)
+
+    mine = (req == rank).nonzero().flatten()
+    arrival = torch.argsort(own.index_select(0, mine), stable=True)
+    sending = (own == rank).nonzero().flatten()
+    return Halo(
+        send_index=item_local.index_select(0, it.index_select(0, sending)),
+        send_counts=rank_counts(req.index_select(0, sending), size=size),
+        recv_counts=rank_counts(own.index_select(0, mine), size=size),
+        recv_global=it.index_select(0, mine).index_select(0, arrival),
+    )
+
+
+def halo_sizes(*, requester: Tensor, item: Tensor, item_owner: Tensor, size: int) -> list[int]:
+    """Rows each rank receives in the halo of (requester rank, item) pairs (see
+    :func:`build_halo`), ``(P,)``."""
+    remote = (item_owner.index_select(0, item) != requester).nonzero().flatten()
+    req, _ = _unique_pairs(
+        requester.index_select(0, remote), item.index_select(0, remote), item_owner.numel()
+    )
+    return rank_counts(req, size=size)
+
+
+def _unique_pairs(rank: Tensor, item: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
+    """Distinct (rank, item) pairs, sorted by rank, then item."""
+    num_items = max(num_items, 1)
+    key = torch.unique(rank * num_items + item)
+    return key // num_items, key % num_items

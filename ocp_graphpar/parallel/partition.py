@@ -17,14 +17,8 @@ from ocp_graphpar.parallel.balance import (
     resolve_triplets,
 )
 from ocp_graphpar.parallel.groups import gp_rank, gp_size
-from ocp_graphpar.parallel.halo import build_halo, empty_halo
-from ocp_graphpar.parallel.indexing import (
-    local_rows,
-    rank_counts,
-    rank_starts,
-    slots,
-    sum_by_rank,
-)
+from ocp_graphpar.parallel.halo import build_halo, empty_halo, halo_sizes
+from ocp_graphpar.parallel.indexing import rank_major, slots, sum_by_rank
 from ocp_graphpar.parallel.plan import PartitionPlan, PartitionStats
 from ocp_graphpar.parallel.stats import record_plan
 
@@ -166,53 +160,59 @@ def _split_plan(
     """The plan of ``rank`` in a GP group of ``size`` ranks."""
     num_atoms, device = batch.numel(), batch.device
     src, dst = edge_index[0], edge_index[1]
-    triplets_per_edge = resolve_triplets(triplets_per_edge, dst, num_atoms=num_atoms)
     work = atom_work(edge_index, num_atoms, triplets_per_edge=triplets_per_edge, weights=weights)
     if atom_owner is None:
         atom_owner = balanced_spatial_owner(batch, pos, cell, edge_index, work, size)
     atom_owner = atom_owner.to(device=device, dtype=torch.long)
-    edge_owner = atom_owner[dst]
+    edge_owner = atom_owner.index_select(0, dst)
 
-    atom_local = local_rows(atom_owner, size=size)
-    edge_rows = local_rows(edge_owner, size=size)
-    atoms = (atom_owner == rank).nonzero().flatten()
-    edges = (edge_owner == rank).nonzero().flatten()
+    atom_major = rank_major(atom_owner, size=size)
+    edge_major = rank_major(edge_owner, size=size)
+    atoms = atom_major.owned_by(rank)
+    edges = edge_major.owned_by(rank)
 
-    atom_halo, atom_halo_sizes = build_halo(
+    atom_halo = build_halo(
         requester=edge_owner,
         item=src,
         item_owner=atom_owner,
-        item_local=atom_local,
+        item_local=atom_major.local,
         size=size,
         rank=rank,
     )
     atom_slot = slots(num_atoms, owned=atoms, received=atom_halo.recv_global)
 
     reverse_halo = edge_reverse = None
-    reverse_sizes = [0] * size
     if reverse_edge is not None:
-        reverse_halo, reverse_sizes = build_halo(
+        reverse_halo = build_halo(
             requester=edge_owner,
             item=reverse_edge,
             item_owner=edge_owner,
-            item_local=edge_rows,
+            item_local=edge_major.local,
             size=size,
             rank=rank,
         )
         edge_slot = slots(src.numel(), owned=edges, received=reverse_halo.recv_global)
-        edge_reverse = edge_slot[reverse_edge[edges]]
-    atom_counts = rank_counts(atom_owner, size=size)
+        edge_reverse = edge_slot.index_select(0, reverse_edge.index_select(0, edges))
+    atom_counts = atom_major.counts.tolist()
 
     def measure() -> PartitionStats:
         return PartitionStats(
             atoms=atom_counts,
-            edges=rank_counts(edge_owner, size=size),
-            triplets=sum_by_rank(triplets_per_edge, edge_owner, size=size),
+            edges=edge_major.counts.tolist(),
+            triplets=sum_by_rank(
+                resolve_triplets(triplets_per_edge, dst, num_atoms=num_atoms),
+                edge_owner,
+                size=size,
+            ),
             load=torch.zeros(size, dtype=torch.double, device=device)
             .index_add_(0, atom_owner, work)
             .tolist(),
-            atom_halo=atom_halo_sizes,
-            reverse_halo=reverse_sizes,
+            atom_halo=halo_sizes(requester=edge_owner, item=src, item_owner=atom_owner, size=size),
+            reverse_halo=[0] * size
+            if reverse_edge is None
+            else halo_sizes(
+                requester=edge_owner, item=reverse_edge, item_owner=edge_owner, size=size
+            ),
             cut_edges=int((atom_owner[src] != atom_owner[dst]).sum()),
         )
 
@@ -222,17 +222,17 @@ def _split_plan(
         num_systems=num_systems,
         atom_owner=atom_owner,
         edge_owner=edge_owner,
-        edge_rows=edge_rows,
-        edge_gather_index=edge_rows + rank_starts(edge_owner, size=size)[edge_owner],
+        edge_rows=edge_major.local,
+        edge_gather_index=edge_major.position,
         atoms=atoms,
-        atom_system=batch[atoms],
+        atom_system=batch.index_select(0, atoms),
         edges=edges,
-        edge_src=atom_slot[src[edges]],
-        edge_dst=atom_slot[dst[edges]],
+        edge_src=atom_slot.index_select(0, src.index_select(0, edges)),
+        edge_dst=atom_slot.index_select(0, dst.index_select(0, edges)),
         edge_reverse=edge_reverse,
         atom_halo=atom_halo,
         reverse_halo=reverse_halo,
-        atom_gather_index=atom_local + rank_starts(atom_owner, size=size)[atom_owner],
+        atom_gather_index=atom_major.position,
         atom_counts=atom_counts,
         measure=measure,
     )

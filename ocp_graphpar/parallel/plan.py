@@ -153,7 +153,7 @@ class PartitionPlan:
         """
         if self.size == 1:
             return empty_halo(device=self.edges.device), self.edges
-        halo, _ = build_halo(
+        halo = build_halo(
             requester=requester,
             item=edge,
             item_owner=self.edge_owner,
