@@ -300,33 +300,29 @@ def _byte_sums(flags: Tensor) -> Tensor:
 def _cyclic_orders(coords: Tensor, systems: _Systems) -> Tensor:
     """``(3, N)`` atoms of each system sorted along each axis of ``coords (N, 3)``, started
     just after the widest gap of that periodic coordinate (ties kept in index order)."""
-    batch = systems.batch
-    last = systems.column == systems.sizes[batch] - 1
-    following = torch.where(last, systems.starts[batch], torch.arange(1, batch.numel() + 1))
-    orders = []
-    for axis in range(3):
-        coord = coords[:, axis]
-        order = torch.argsort(coord, stable=True)
-        if systems.count > 1:  # regroup by system, keeping the coordinate order inside each
-            order = order[stable_argsort(batch[order], num_keys=systems.count)]
-        ordered = coord[order]
-        after = ordered[following]
-        gaps = torch.where(last, (after + 1) - ordered, after - ordered)
-        widest = _first_max_column(gaps, batch, systems)
-        shift = (widest + 1) % systems.sizes.clamp(min=1)
-        rolled = (systems.column + shift[batch]) % systems.sizes[batch]
-        orders.append(order[systems.starts[batch] + rolled])
-    return torch.stack(orders)
+    batch, sizes = systems.batch, systems.sizes[systems.batch]
+    order = torch.argsort(coords, dim=0, stable=True)  # (N, 3)
+    if systems.count > 1:  # regroup by system, keeping the coordinate order inside each
+        order = order.gather(0, stable_argsort(batch[order], num_keys=systems.count))
+    ordered = coords.gather(0, order)
+    last = (systems.column == sizes - 1)[:, None]
+    following = torch.where(last[:, 0], systems.starts[batch], torch.arange(1, batch.numel() + 1))
+    after = ordered.index_select(0, following)
+    gaps = torch.where(last, (after + 1) - ordered, after - ordered)
+    shift = (_first_max_column(gaps, systems) + 1) % systems.sizes.clamp(min=1)[:, None]
+    rolled = (systems.column[:, None] + shift[batch]) % sizes[:, None]
+    return order.gather(0, systems.starts[batch][:, None] + rolled).T
 
 
-def _first_max_column(values: Tensor, batch: Tensor, systems: _Systems) -> Tensor:
-    """``(B,)`` column of the first largest value of each system (0 for empty systems)."""
-    largest = torch.full(
-        (systems.count,), float("-inf"), dtype=values.dtype, device=values.device
-    ).scatter_reduce_(0, batch, values, reduce="amax")
-    candidates = torch.where(values == largest[batch], systems.column, batch.numel())
-    first = torch.full_like(systems.sizes, batch.numel())
-    return first.scatter_reduce_(0, batch, candidates, reduce="amin") % batch.numel()
+def _first_max_column(values: Tensor, systems: _Systems) -> Tensor:
+    """``(B, F)`` column of the first largest of each system's values ``(N, F)``."""
+    index = systems.batch[:, None].expand_as(values)
+    largest = values.new_full((systems.count, values.shape[1]), float("-inf"))
+    largest.scatter_reduce_(0, index, values, reduce="amax")
+    num_atoms = values.shape[0]
+    candidates = torch.where(values == largest.gather(0, index), systems.column[:, None], num_atoms)
+    first = torch.full_like(largest, num_atoms, dtype=torch.long)
+    return first.scatter_reduce_(0, index, candidates, reduce="amin") % num_atoms
 
 
 def index_split_owner(

@@ -82,7 +82,7 @@ def build_halo(
     requester: Tensor,
     item: Tensor,
     item_owner: Tensor,
-    item_local: Tensor,
+    owned: Tensor,
     size: int,
     rank: int,
 ) -> Halo:
@@ -92,7 +92,7 @@ def build_halo(
         requester, item: ``(M,)`` pairs (rank that needs the item, global item id), the same on
             every rank; duplicates and pairs whose requester owns the item are dropped.
         item_owner: ``(num_items,)`` owning rank of every item.
-        item_local: ``(num_items,)`` row of every item among its owner's items.
+        owned: ``(n_owned,)`` ids of the items ``rank`` owns, ascending (its local rows).
     """
     owner = item_owner.index_select(0, item)
     # only the pairs this rank receives or sends: a 1/P share of the cut, cheap to sort
@@ -107,7 +107,7 @@ def build_halo(
     arrival = torch.argsort(own.index_select(0, mine), stable=True)
     sending = (own == rank).nonzero().flatten()
     return Halo(
-        send_index=item_local.index_select(0, it.index_select(0, sending)),
+        send_index=torch.searchsorted(owned, it.index_select(0, sending)),
         send_counts=rank_counts(req.index_select(0, sending), size=size),
         recv_counts=rank_counts(own.index_select(0, mine), size=size),
         recv_global=it.index_select(0, mine).index_select(0, arrival),

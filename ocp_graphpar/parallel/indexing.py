@@ -55,16 +55,22 @@ def rank_major(owner: Tensor, *, size: int) -> RankMajor:
 
 
 def stable_argsort(keys: Tensor, *, num_keys: int) -> Tensor:
-    """``argsort`` of integer ``keys (M,)`` in ``[0, num_keys)``, ties in index order.
+    """``argsort`` along the first axis of integer ``keys`` in ``[0, num_keys)``, ties in index
+    order.
 
-    On the host, keys that fit 16 bits are sorted by numpy's radix sort: linear in ``M``, where
-    torch's comparison sort costs ``M log M`` and dominates a plan's build for large batches.
+    On the host, keys that fit 16 bits are sorted by numpy's radix sort: linear in the number of
+    keys, where torch's comparison sort costs ``M log M`` and dominates a plan's build for large
+    batches.
     """
-    if keys.device.type == "cpu" and num_keys <= np.iinfo(np.int16).max + 1:
-        narrow = np.int8 if num_keys <= np.iinfo(np.int8).max + 1 else np.int16
-        order = np.argsort(keys.numpy().astype(narrow), kind="stable")
+    if keys.device.type == "cpu" and num_keys <= _INT16_KEYS:
+        narrow = np.int8 if num_keys <= _INT8_KEYS else np.int16
+        order = np.argsort(keys.numpy().astype(narrow), axis=0, kind="stable")
         return torch.from_numpy(order.astype(np.int64, copy=False))
-    return torch.sort(keys, stable=True).indices
+    return torch.sort(keys, dim=0, stable=True).indices
+
+
+_INT8_KEYS = np.iinfo(np.int8).max + 1
+_INT16_KEYS = np.iinfo(np.int16).max + 1
 
 
 def slots(num_items: int, *, owned: Tensor, received: Tensor) -> Tensor:

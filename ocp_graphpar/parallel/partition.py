@@ -18,7 +18,7 @@ from ocp_graphpar.parallel.balance import (
 )
 from ocp_graphpar.parallel.groups import gp_rank, gp_size
 from ocp_graphpar.parallel.halo import build_halo, empty_halo, halo_sizes
-from ocp_graphpar.parallel.indexing import rank_major, slots, sum_by_rank
+from ocp_graphpar.parallel.indexing import rank_counts, rank_major, slots, sum_by_rank
 from ocp_graphpar.parallel.plan import PartitionPlan, PartitionStats
 from ocp_graphpar.parallel.stats import record_plan
 
@@ -127,8 +127,6 @@ def _whole_batch_plan(
         num_systems=num_systems,
         atom_owner=torch.zeros_like(atoms),
         edge_owner=torch.zeros_like(edges),
-        edge_rows=edges,
-        edge_gather_index=edges,
         atoms=atoms,
         atom_system=batch,
         edges=edges,
@@ -167,15 +165,14 @@ def _split_plan(
     edge_owner = atom_owner.index_select(0, dst)
 
     atom_major = rank_major(atom_owner, size=size)
-    edge_major = rank_major(edge_owner, size=size)
     atoms = atom_major.owned_by(rank)
-    edges = edge_major.owned_by(rank)
+    edges = (edge_owner == rank).nonzero().flatten()
 
     atom_halo = build_halo(
         requester=edge_owner,
         item=src,
         item_owner=atom_owner,
-        item_local=atom_major.local,
+        owned=atoms,
         size=size,
         rank=rank,
     )
@@ -187,7 +184,7 @@ def _split_plan(
             requester=edge_owner,
             item=reverse_edge,
             item_owner=edge_owner,
-            item_local=edge_major.local,
+            owned=edges,
             size=size,
             rank=rank,
         )
@@ -198,7 +195,7 @@ def _split_plan(
     def measure() -> PartitionStats:
         return PartitionStats(
             atoms=atom_counts,
-            edges=edge_major.counts.tolist(),
+            edges=rank_counts(edge_owner, size=size),
             triplets=sum_by_rank(
                 resolve_triplets(triplets_per_edge, dst, num_atoms=num_atoms),
                 edge_owner,
@@ -222,8 +219,6 @@ def _split_plan(
         num_systems=num_systems,
         atom_owner=atom_owner,
         edge_owner=edge_owner,
-        edge_rows=edge_major.local,
-        edge_gather_index=edge_major.position,
         atoms=atoms,
         atom_system=batch.index_select(0, atoms),
         edges=edges,

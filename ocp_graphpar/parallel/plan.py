@@ -22,7 +22,7 @@ from torch_scatter import scatter
 
 from ocp_graphpar.parallel.collectives import gather_replicated, reduce_partial
 from ocp_graphpar.parallel.halo import Halo, build_halo, empty_halo
-from ocp_graphpar.parallel.indexing import slots
+from ocp_graphpar.parallel.indexing import RankMajor, rank_major, slots
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,6 @@ class PartitionPlan:
         num_systems: systems in the batch (B).
         atom_owner: ``(N,)`` owning rank of every atom.
         edge_owner: ``(E,)`` owning rank of every edge (the owner of its target atom).
-        edge_rows: ``(E,)`` row of every edge among its owner's owned edges.
-        edge_gather_index: ``(E,)`` row of every edge in the rank-major concatenation of every
-            rank's owned edges (what ``gather_rows`` of per-edge rows returns).
         atoms: ``(n_atoms,)`` global ids of the owned atoms.
         atom_system: ``(n_atoms,)`` system of each owned atom.
         edges: ``(n_edges,)`` global ids of the owned edges (target atom owned).
@@ -78,8 +75,6 @@ class PartitionPlan:
     num_systems: int
     atom_owner: Tensor
     edge_owner: Tensor
-    edge_rows: Tensor
-    edge_gather_index: Tensor
     atoms: Tensor
     atom_system: Tensor
     edges: Tensor
@@ -96,6 +91,23 @@ class PartitionPlan:
     def stats(self) -> PartitionStats:
         """Partition quality figures (computed once, on first read)."""
         return self.measure()
+
+    @property
+    def edge_rows(self) -> Tensor:
+        """``(E,)`` row of every edge among its owner's owned edges."""
+        return self._edge_major.local
+
+    @property
+    def edge_gather_index(self) -> Tensor:
+        """``(E,)`` row of every edge in the rank-major concatenation of every rank's owned
+        edges (what ``gather_rows`` of per-edge rows returns)."""
+        return self._edge_major.position
+
+    @cached_property
+    def _edge_major(self) -> RankMajor:
+        # Only tools read the whole edge numbering; a step needs this rank's own rows alone,
+        # so the plan does not sort every edge up front.
+        return rank_major(self.edge_owner, size=self.size)
 
     def to(self, device: torch.device) -> PartitionPlan:
         """The plan with its index tensors on ``device`` (the stats stay where they were built)."""
@@ -157,7 +169,7 @@ class PartitionPlan:
             requester=requester,
             item=edge,
             item_owner=self.edge_owner,
-            item_local=self.edge_rows,
+            owned=self.edges,
             size=self.size,
             rank=self.rank,
         )
