@@ -8,10 +8,14 @@ cell stays float32, as fairchem's radius graph multiplies it with float32 unit c
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
+import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
+import torch.distributed as dist
 from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 from trainer_cases import build_trainer, dp_batch
 
@@ -19,7 +23,11 @@ from ocp_graphpar.trainers import preemption
 from ocp_graphpar.trainers.preemption import DeferredSignal
 from ocp_graphpar.trainers.sharded_ema import ShardedEMA
 from ocp_graphpar.trainers.sharded_optimizer import Partition, ShardedOptimizer, world
-from ocp_graphpar.trainers.sharded_state import model_state_bytes, sharded_model_state_bytes
+from ocp_graphpar.trainers.sharded_state import (
+    model_state_bytes,
+    read_checkpoint,
+    sharded_model_state_bytes,
+)
 
 GEMNET = "s2ef/gemnet_xl_demo"
 #: GemNet-XL at a few thousand parameters: 1 block, widths 4 to 8.
@@ -273,3 +281,264 @@ def fairchem_train(run_dir: str, overrides: dict) -> dict:
         for name in ("checkpoint", "best_checkpoint"):
             checkpoints[name] = torch.load(f"{folder}/{name}.pt", weights_only=False)
     return {"step": trainer.step, "weights": _weights(trainer), "checkpoints": checkpoints}
+
+
+def _per_tensor_broadcast(tensors, *, owners, bucket_bytes) -> None:
+    """The reference: one broadcast per tensor, as ZeRO-1 sent them before buckets."""
+    works = [dist.broadcast(t, src=o, async_op=True) for t, o in zip(tensors, owners)]
+    for work in works:
+        work.wait()
+
+
+@contextlib.contextmanager
+def counted_broadcasts() -> Iterator[list[int]]:
+    """The bytes of each ``dist.broadcast`` call in the block, one entry per call."""
+    calls: list[int] = []
+    broadcast = dist.broadcast
+
+    def counting(tensor, *args, **kwargs):
+        calls.append(tensor.numel() * tensor.element_size())
+        return broadcast(tensor, *args, **kwargs)
+
+    dist.broadcast = counting
+    try:
+        yield calls
+    finally:
+        dist.broadcast = broadcast
+
+
+@contextlib.contextmanager
+def per_tensor_broadcasts() -> Iterator[None]:
+    """The optimizer and EMA broadcasting one tensor at a time for the block."""
+    from ocp_graphpar.trainers import sharded_ema, sharded_optimizer
+
+    kept = sharded_optimizer.broadcast_from_owners
+    sharded_optimizer.broadcast_from_owners = _per_tensor_broadcast
+    sharded_ema.broadcast_from_owners = _per_tensor_broadcast
+    try:
+        yield
+    finally:
+        sharded_optimizer.broadcast_from_owners = kept
+        sharded_ema.broadcast_from_owners = kept
+
+
+def mixed_model() -> torch.nn.Module:
+    """Eleven trainable tensors of 1 to 480 elements in float64 and float32, and a frozen
+    one: several tensors and both dtypes per owner at world 4."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(12, 40), torch.nn.Linear(40, 12), torch.nn.Linear(12, 7)]
+    layers += [torch.nn.Linear(7, 5), torch.nn.Linear(5, 3), torch.nn.Linear(3, 1)]
+    model = torch.nn.Sequential(*layers).double()
+    model[1].float()
+    model[3].float()
+    model[0].bias.requires_grad_(False)
+    return model
+
+
+def bucketed_steps(bucket_bytes: int | None, steps: int) -> dict:
+    """AdamW and an EMA, sharded, on :func:`mixed_model` with broadcasts in buckets of
+    ``bucket_bytes`` (``None``: one broadcast per tensor, the reference). Every rank takes the
+    same gradients. Returns the weights and EMA weights, the broadcasts each optimizer step and
+    the EMA's ``copy_to`` made (bytes of each), and the owner, dtype and bytes of each
+    trainable tensor, in the optimizer's order."""
+    model = mixed_model()
+    rank, world_size = world()
+    partition = Partition.balanced(model.parameters(), rank=rank, world_size=world_size)
+    buckets = {} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}
+    optimizer = ShardedOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.01),
+        partition=partition,
+        **buckets,
+    )
+    ema = ShardedEMA(model.parameters(), 0.5, partition=partition, **buckets)
+    inputs = torch.randn(6, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    step_broadcasts, copy_broadcasts = [], []
+    with per_tensor_broadcasts() if bucket_bytes is None else contextlib.nullcontext():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            x = inputs
+            for layer in model:
+                x = torch.tanh(layer(x.to(layer.weight.dtype)))
+            x.square().sum().backward()
+            with counted_broadcasts() as calls:
+                optimizer.step()
+            step_broadcasts.append(calls)
+            ema.update()
+        weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ema.store()
+        with counted_broadcasts() as calls:
+            ema.copy_to()
+        copy_broadcasts = calls
+        averaged = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ema.restore()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return {
+        "weights": weights,
+        "ema": averaged,
+        "restored": all(torch.equal(weights[n], p) for n, p in model.named_parameters()),
+        "step_broadcasts": step_broadcasts,
+        "copy_broadcasts": copy_broadcasts,
+        "tensors": [(partition.owner(p), p.dtype, p.numel() * p.element_size()) for p in trainable],
+    }
+
+
+def file_mappings(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """The address ranges of this process mapped from the file at ``path``."""
+    target = os.path.realpath(path)
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == target:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+def tensors_in(value) -> Iterator[torch.Tensor]:
+    """Every tensor in a nest of dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensors_in(item)
+
+
+def mapped_bytes(tensors: Iterable[torch.Tensor], path: str | os.PathLike) -> tuple[int, int]:
+    """``(bytes lying in a mapping of path, bytes in all)`` of the tensors' storages, each
+    storage counted once."""
+    ranges = file_mappings(path)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    inside = sum(n for ptr, n in storages.items() if any(a <= ptr < b for a, b in ranges))
+    return inside, sum(storages.values())
+
+
+def anonymous_bytes() -> int:
+    """This process's resident anonymous memory (heap and anonymous mappings, not files)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def large_model() -> torch.nn.Module:
+    """Eight 512 x 512 float32 layers: 8.4 MB of parameters, 34 MB of checkpoint with
+    AdamW's state and an EMA."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
+
+
+def write_large_checkpoint(path: str | os.PathLike) -> int:
+    """fairchem's checkpoint layout (weights, optimizer and EMA state) for
+    :func:`large_model` after one AdamW step; returns the file's size in bytes."""
+    model = large_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    ema = ExponentialMovingAverage(model.parameters(), 0.5)
+    model(torch.randn(4, 512)).square().sum().backward()
+    optimizer.step()
+    ema.update()
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict(),
+        },
+        path,
+    )
+    return os.path.getsize(path)
+
+
+def load_share_measured(path: str, *, rank: int, world_size: int) -> dict:
+    """Rank ``rank`` of ``world_size`` loading :func:`write_large_checkpoint`'s file as
+    ``ShardedModelState.load_checkpoint`` does (no process group needed: loading is local),
+    in a fresh process. Returns the anonymous memory the read and the whole load added, the
+    share of the checkpoint's tensor bytes that were mapped from the file, whether a kept
+    tensor or any mapping outlived the load, the bytes of state this rank keeps, what a plain
+    ``torch.load`` of the file adds, and whether the kept state equals the file's."""
+    model = large_model()
+    partition = Partition.balanced(model.parameters(), rank=rank, world_size=world_size)
+    optimizer = ShardedOptimizer(torch.optim.AdamW(model.parameters()), partition=partition)
+    ema = ShardedEMA(model.parameters(), 0.5, partition=partition)
+    gc.collect()
+    before = anonymous_bytes()
+    checkpoint = read_checkpoint(path)
+    read = anonymous_bytes() - before
+    inside, total = mapped_bytes(tensors_in(checkpoint), path)
+    model.load_state_dict(checkpoint["state_dict"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    ema.load_state_dict(checkpoint["ema"])
+    loaded = anonymous_bytes() - before
+    kept = [*model.parameters(), *tensors_in(optimizer.local.state), *ema.shadow_params]
+    kept_inside, _ = mapped_bytes(kept, path)
+    del checkpoint
+    gc.collect()
+    still_mapped = bool(file_mappings(path))
+    held = model_state_bytes(model=model, optimizer=optimizer, ema=ema)
+    before = anonymous_bytes()
+    plain = torch.load(path, map_location="cpu", weights_only=False)
+    plain_read = anonymous_bytes() - before
+    equal = _kept_state_equals(plain, model=model, optimizer=optimizer, ema=ema)
+    return {
+        "read": read,
+        "loaded": loaded,
+        "mapped_fraction": inside / total,
+        "kept_in_file": kept_inside,
+        "still_mapped": still_mapped,
+        "kept": held.optimizer + held.ema,
+        "owned_tensors": len(optimizer.local.state),
+        "plain_read": plain_read,
+        "equal": equal,
+    }
+
+
+def _kept_state_equals(checkpoint: dict, *, model, optimizer, ema) -> bool:
+    """Whether the parameters and the state this rank keeps equal the checkpoint's."""
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    saved = checkpoint["optimizer"]["state"]
+    optimizer_equal = all(
+        torch.equal(value, saved[index[id(p)]][key])
+        for p, state in optimizer.local.state.items()
+        for key, value in state.items()
+    )
+    shadows = checkpoint["ema"]["shadow_params"]
+    ema_equal = all(torch.equal(s, shadows[i]) for s, i in zip(ema.shadow_params, ema._mine))
+    weights = checkpoint["state_dict"]
+    weights_equal = all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    return optimizer_equal and ema_equal and weights_equal
+
+
+def resume_mapped(run_dir: str, overrides: dict, checkpoint: str, batches: list[list[int]]) -> dict:
+    """:func:`resume` from this rank's copy of ``checkpoint``, recording each ``torch.load``
+    call's ``mmap``, whether the file is still mapped once loaded, and then truncating the copy
+    in place before training on: a page still mapped would now fault (SIGBUS), and a load
+    that kept any tensor of the file would change the steps."""
+    copy = shutil.copy(checkpoint, os.path.join(run_dir, f"mapped_rank{world()[0]}.pt"))
+    with default_dtype(torch.float64):
+        trainer = _float64_trainer(run_dir, overrides)
+        loads, load = [], torch.load
+
+        def recording_load(*args, **kwargs):
+            loads.append(kwargs.get("mmap"))
+            return load(*args, **kwargs)
+
+        torch.load = recording_load
+        try:
+            trainer.load_checkpoint(copy)
+        finally:
+            torch.load = load
+        gc.collect()
+        mapped_after = bool(file_mappings(copy))
+        with open(copy, "r+b") as file:
+            file.truncate(0)
+        steps = [_step(trainer, _float64_batch(trainer, ids)) for ids in batches]
+        return {
+            "loads": loads,
+            "mapped_after": mapped_after,
+            "resumed_at": trainer.step - len(steps),
+            "weights": _weights(trainer),
+            "ema": _ema_weights(trainer),
+        }

@@ -10,6 +10,7 @@ from sharding_cases import (
     build_error,
     fairchem_train,
     resume,
+    resume_mapped,
     save_alone_in_a_submitit_job,
     toy_steps,
     train_and_save,
@@ -174,6 +175,22 @@ def test_sharded_checkpoint_resumes_exactly(
         assert largest_difference(uninterrupted["ema"], result["ema"]) < TOLERANCE
 
 
+def test_sharded_resume_reads_the_checkpoint_mapped(runs, gloo_world, demo_data, tmp_path):
+    """Through the trainer's ``load_checkpoint`` at world 2: one ``torch.load``, with
+    ``mmap``; no mapping of the file left once loaded; the file then truncated in place (a
+    page still mapped would fault), and the last two steps still give the uninterrupted
+    run's weights and EMA."""
+    uninterrupted = runs[True][0]
+    checkpoint, overrides = uninterrupted["checkpoint"], settings(demo_data, shard=True)
+    for result in gloo_world(2).run(
+        resume_mapped, str(tmp_path), overrides, checkpoint, BATCHES[SAVE_AFTER:]
+    ):
+        assert (result["loads"], result["mapped_after"]) == ([True], False)
+        assert result["resumed_at"] == SAVE_AFTER
+        for key in ("weights", "ema"):
+            assert largest_difference(uninterrupted[key], result[key]) < TOLERANCE
+
+
 def test_sharding_cuts_per_rank_model_state_at_world_4(runs):
     """Counted from the tensors each rank holds: at most 0.55x of the unsharded bytes on every
     rank (AMSGrad: 24 bytes per parameter unsharded, 8 + 16 / 4 = 12 sharded), and the
@@ -260,3 +277,10 @@ def test_trainer_rejects_a_bad_setting_before_training(gloo_world, demo_data, tm
     overrides = {**settings(demo_data, shard=True), "optim": {"shard_optimizer_state": "yes"}}
     [message] = gloo_world(1).run(build_error, str(tmp_path), overrides)
     assert message.startswith("UserFacingError: optim.shard_optimizer_state must be true")
+
+
+def test_trainer_rejects_a_bad_bucket_size_before_training(gloo_world, demo_data, tmp_path):
+    overrides = settings(demo_data, shard=True)
+    overrides["optim"] = {**overrides["optim"], "shard_bucket_mb": 0}
+    [message] = gloo_world(1).run(build_error, str(tmp_path), overrides)
+    assert message.startswith("UserFacingError: optim.shard_bucket_mb must be a positive")

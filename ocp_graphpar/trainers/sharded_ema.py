@@ -4,8 +4,9 @@ Every rank holds the same parameters, so the moving average of a tensor needs to
 rank only: :class:`ShardedEMA` keeps the shadow of the tensors its rank owns (the optimizer's
 :class:`~ocp_graphpar.trainers.sharded_optimizer.Partition`) and updates them with upstream's
 formula. Moving weights into the model is collective: ``copy_to`` and ``restore`` broadcast
-each tensor from its owner, so the model gets the full averaged (or stored) weights on every
-rank, as fairchem's validation, prediction and relaxations expect.
+the tensors from their owners (in the optimizer's flat buckets), so the model gets the full
+averaged (or stored) weights on every rank, as fairchem's validation, prediction and
+relaxations expect.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import torch
 import torch.distributed as dist
 from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 
-from ocp_graphpar.trainers.sharded_optimizer import Partition, broadcast_from_owners
+from ocp_graphpar.trainers.sharded_optimizer import (
+    DEFAULT_BUCKET_BYTES,
+    Partition,
+    broadcast_from_owners,
+    checked_bucket_bytes,
+)
 
 
 class ShardedEMA(ExponentialMovingAverage):
@@ -26,7 +32,8 @@ class ShardedEMA(ExponentialMovingAverage):
     for this rank's tensors only. ``update`` and ``store`` are local; ``copy_to`` and
     ``restore`` are collective. ``state_dict`` is upstream's, for all tensors, after the
     collective :meth:`consolidate_state_dict`; ``load_state_dict`` takes upstream's and keeps
-    this rank's share."""
+    (copies) this rank's share. ``copy_to`` and ``restore`` broadcast in flat buckets of at
+    most ``bucket_bytes``."""
 
     def __init__(
         self,
@@ -35,10 +42,12 @@ class ShardedEMA(ExponentialMovingAverage):
         *,
         partition: Partition,
         use_num_updates: bool = False,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     ) -> None:
         # Not upstream's __init__: it would clone every parameter on every rank.
         if decay < 0.0 or decay > 1.0:
             raise ValueError("Decay must be between 0 and 1")
+        self.bucket_bytes = checked_bucket_bytes(bucket_bytes)
         self.decay = decay
         self.num_updates: int | None = 0 if use_num_updates else None
         params = [p for p in parameters if p.requires_grad]
@@ -79,7 +88,9 @@ class ShardedEMA(ExponentialMovingAverage):
         """Each owner writes its ``values`` into its tensors, then broadcasts them."""
         for value, i in zip(values, self._mine):
             params[i].data.copy_(value.data)
-        broadcast_from_owners([p.data for p in params], owners=self._owners)
+        broadcast_from_owners(
+            [p.data for p in params], owners=self._owners, bucket_bytes=self.bucket_bytes
+        )
 
     def consolidate_state_dict(self, *, to: int = 0) -> None:
         """Gather every tensor's shadow (and stored weights, if any) onto rank ``to``, on the

@@ -16,14 +16,27 @@ fairchem's training loop does, and at a preemption signal every rank gathers bef
 checkpoints (:class:`~ocp_graphpar.trainers.preemption.StepBoundaryPreemption`). Outside
 training a preemption signal reaches rank 0 alone: before a new run's first step it still
 writes the whole (initial) state, later it writes nothing and logs why (the requeued run resumes
-from the last checkpoint). Loading keeps each rank's share of a checkpoint any world size wrote,
-sharded or not, reading it onto the CPU first.
+from the last checkpoint).
+
+Loading keeps each rank's share of a checkpoint any world size wrote, sharded or not, without
+reading the whole file into each rank's memory: :func:`read_checkpoint` maps the file
+(``torch.load(mmap=True)``), so a tensor's bytes are read from the page cache, which the ranks of
+a node share, only when something copies them. Each rank copies the parameters (replicated) and
+its own share of the optimizer state and EMA; the other ranks' shares are never read. Read
+whole, the checkpoint (about 40 GB for the 2.5B config) would sit in every rank's memory at once.
+
+``optim.shard_bucket_mb`` (default 25) sets the size of the flat buckets in which owners
+broadcast updated parameters and EMA weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import math
+import os
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +48,7 @@ from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.trainers import preemption
 from ocp_graphpar.trainers.sharded_ema import ShardedEMA
 from ocp_graphpar.trainers.sharded_optimizer import (
+    DEFAULT_BUCKET_BYTES,
     PER_TENSOR_OPTIMIZERS,
     Partition,
     ShardedOptimizer,
@@ -43,6 +57,10 @@ from ocp_graphpar.trainers.sharded_optimizer import (
 
 #: The key under ``optim`` that switches sharding on (default false).
 SHARD_KEY = "shard_optimizer_state"
+#: The key under ``optim`` for the size of the flat broadcast buckets, in MiB.
+BUCKET_KEY = "shard_bucket_mb"
+MIB = 2**20
+DEFAULT_BUCKET_MB = DEFAULT_BUCKET_BYTES / MIB
 
 
 def shard_optimizer_state(optim: Mapping[str, Any]) -> bool:
@@ -61,12 +79,48 @@ def shard_optimizer_state(optim: Mapping[str, Any]) -> bool:
     return value
 
 
+def shard_bucket_bytes(optim: Mapping[str, Any]) -> int:
+    """Bytes per broadcast bucket from ``optim.shard_bucket_mb`` (a positive number of MiB,
+    default 25); a :class:`UserFacingError` for any other value."""
+    value = optim.get(BUCKET_KEY, DEFAULT_BUCKET_MB)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise UserFacingError(
+            f"optim.{BUCKET_KEY} must be a positive number of MiB (default "
+            f"{DEFAULT_BUCKET_MB:g}), not {value!r}."
+        )
+    return max(1, round(value * MIB))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint at ``path`` (fairchem's dict) with its tensors mapped from the file.
+
+    Every tensor is a CPU tensor whose storage is a private mapping of the file: nothing is
+    read until a tensor's bytes are, and then from the page cache, which every process of the
+    node shares. Whoever keeps a tensor must copy it, so that the mapping ends with the dict
+    (and no write lands in it). Files in torch's legacy format (before the zip format of
+    torch 1.6) cannot be mapped: they are read whole, with a warning saying so.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "Checkpoint file not found", str(path))
+    # weights_only is left to torch's default, as upstream's BaseTrainer.load_checkpoint
+    # leaves it: the same files load, and are refused, as without sharding.
+    if zipfile.is_zipfile(path):
+        return torch.load(path, map_location="cpu", mmap=True)
+    logging.warning(
+        f"{path} is in torch's legacy (non-zip) format, which cannot be memory-mapped: this "
+        "rank reads the whole file into memory. Re-save it with torch.save to load it mapped."
+    )
+    return torch.load(path, map_location="cpu")
+
+
 class ShardedModelState:
     """Trainer mixin (before :class:`StepBoundaryPreemption` and ``OCPTrainer`` in the bases)
     that shards the optimizer state and EMA when ``optim.shard_optimizer_state`` is true and
     otherwise changes nothing."""
 
     _partition: Partition | None = None
+    _bucket_bytes: int = DEFAULT_BUCKET_BYTES
     _gathered: bool = False  # inside _gathered_state: save must not gather again
 
     @property
@@ -75,13 +129,16 @@ class ShardedModelState:
 
     def load_optimizer(self) -> None:
         sharded = shard_optimizer_state(self.config["optim"])  # errors before any work
+        self._bucket_bytes = shard_bucket_bytes(self.config["optim"])
         super().load_optimizer()
         if sharded:
             rank, world_size = world()
             self._partition = Partition.balanced(
                 self.model.parameters(), rank=rank, world_size=world_size
             )
-            self.optimizer = ShardedOptimizer(self.optimizer, partition=self._partition)
+            self.optimizer = ShardedOptimizer(
+                self.optimizer, partition=self._partition, bucket_bytes=self._bucket_bytes
+            )
 
     def load_extras(self) -> None:
         super().load_extras()
@@ -91,16 +148,22 @@ class ShardedModelState:
     def new_ema(self) -> ExponentialMovingAverage:
         """fairchem's EMA of the current weights, sharded like the optimizer when it is."""
         if self.shards_model_state:
-            return ShardedEMA(self.model.parameters(), self.ema_decay, partition=self._partition)
+            return ShardedEMA(
+                self.model.parameters(),
+                self.ema_decay,
+                partition=self._partition,
+                bucket_bytes=self._bucket_bytes,
+            )
         return ExponentialMovingAverage(self.model.parameters(), self.ema_decay)
 
     def load_checkpoint(
         self, checkpoint_path: str, checkpoint: dict | None = None, inference_only: bool = False
     ) -> None:
         if self.shards_model_state and checkpoint is None:
-            # Onto the CPU (upstream: the device): each rank keeps only its share on the GPU.
+            # Mapped on the CPU (upstream reads it all onto the device): each rank copies the
+            # parameters and its share of the optimizer state and EMA, nothing else.
             logging.info(f"Loading checkpoint from: {checkpoint_path}")
-            checkpoint = torch.load(checkpoint_path, map_location="cpu")
+            checkpoint = read_checkpoint(checkpoint_path)
         super().load_checkpoint(checkpoint_path, checkpoint, inference_only)
 
     def save(
