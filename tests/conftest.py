@@ -1,4 +1,4 @@
-"""Shared fixtures: gloo worlds reused across the whole session."""
+"""Shared fixtures: gloo worlds reused across the whole session, and a tiny demo dataset."""
 
 from __future__ import annotations
 
@@ -25,3 +25,17 @@ def gloo_world():
     yield get
     for world in worlds.values():
         world.close()
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    """A tiny embedded-demo LMDB dataset (4 systems, a quarter held out), one per test module."""
+    from tiny_data import TINY_FRAMES
+
+    from ocp_graphpar.tools.data import make_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo") / "data"
+    make_demo_dataset(
+        out, systems=4, max_steps=4, val_fraction=0.25, progress=False, counts=TINY_FRAMES
+    )
+    return out

@@ -15,11 +15,9 @@ from sharding_cases import (
     toy_steps,
     train_and_save,
 )
-from tiny_data import TINY_FRAMES
 from trainer_cases import data_overrides
 
 from ocp_graphpar.errors import UserFacingError
-from ocp_graphpar.tools.data import make_demo_dataset
 from ocp_graphpar.trainers.sharded_optimizer import Partition
 from ocp_graphpar.trainers.sharded_state import bytes_per_parameter, shard_optimizer_state
 
@@ -43,15 +41,6 @@ def settings(demo_data, *, shard: bool) -> dict:
             "warmup_steps": 3,
         },
     }
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded") / "data"
-    make_demo_dataset(
-        out, systems=4, max_steps=4, val_fraction=0.25, progress=False, counts=TINY_FRAMES
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from oc20 import require_oc20_mini
-from tiny_data import TINY_FRAMES
 from trainer_cases import (
     data_overrides,
     keeps_its_process_groups,
@@ -15,21 +14,12 @@ from trainer_cases import (
     resumed_losses,
 )
 
-from ocp_graphpar.tools.data import make_demo_dataset, trajectories_to_lmdbs
+from ocp_graphpar.tools.data import trajectories_to_lmdbs
 
 GEMNET = "s2ef/gemnet_xl_demo"
 GRAPH_PARALLEL_TRAINER = "ocp_graphpar.trainers.GraphParallelTrainer"  # what the configs name
 GLOBAL_IDS = [0, 3, 5, 8]  # at 2 DP x 2 GP, DP group 0 takes [0, 3], DP group 1 takes [5, 8]
 GP_OPTIONS = ("activation_checkpointing", "partition_weights", "auto_fit_scale_factors")
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trainer") / "data"
-    make_demo_dataset(
-        out, systems=4, max_steps=4, val_fraction=0.25, progress=False, counts=TINY_FRAMES
-    )
-    return out
 
 
 def relative_difference(update: dict, reference: dict, names) -> float:

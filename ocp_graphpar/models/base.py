@@ -29,7 +29,7 @@ from fairchem.core.common import distutils
 from fairchem.core.common.utils import conditional_grad
 from torch import Tensor
 
-from ocp_graphpar.models.checkpointing import checkpoint_block, input_gradients_only
+from ocp_graphpar.models.checkpointing import checkpoint_block
 from ocp_graphpar.models.gradient_scaling import scale_gradient_for_ddp
 from ocp_graphpar.models.scale_factors import fit_scale_factors, make_scale_factors_graph_parallel
 from ocp_graphpar.parallel import PartitionPlan, WorkWeights, build_partition, copy_replicated
@@ -117,8 +117,8 @@ class GraphParallelModel:
         outputs = {"energy": energy}
         if self.regress_forces:
             if self.conservative_forces:
-                with input_gradients_only():
-                    (grad,) = torch.autograd.grad(energy.sum(), data.pos, create_graph=True)
+                # Checkpointed blocks skip their weight VJPs here: only ``pos`` is asked for.
+                (grad,) = torch.autograd.grad(energy.sum(), data.pos, create_graph=True)
                 outputs["forces"] = -grad
             else:
                 outputs["forces"] = sharded.plan.gather_atoms(sharded.atom_forces)

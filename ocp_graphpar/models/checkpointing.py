@@ -4,8 +4,7 @@
 pass. That frees memory when the backward pass is the last use of the activations. Conservative
 forces are a backward pass taken with ``create_graph=True`` inside the forward pass: it recomputes
 each block, and the graph of the forces keeps the recomputed activations alive until the loss's
-backward pass, so checkpointing saves nothing (DimeNet++-XL measured 1,972 MiB with it, 2,132
-without, at #19's widths).
+backward pass, so checkpointing saves next to nothing.
 
 :func:`checkpoint_block` checkpoints the gradient too. In the forward pass a block runs without a
 graph and keeps its inputs. Its backward pass is :class:`_BlockVJP`, itself a function that
@@ -15,6 +14,20 @@ block's inputs and the incoming gradient). Only the loss's backward pass through
 and frees it. So at most one block's activations and gradient graph are alive at once, whether
 forces come from a head or from ``-dE/dpos``; derivatives are the un-checkpointed model's up to
 the second (a third raises).
+
+Each recompute runs in the state the block's forward pass ran in (:class:`_ForwardState`): the
+autocast settings of the CPU and of the inputs' devices, and the RNG states of the CPU and those
+devices (forked, so the global RNG does not advance). Under AMP the recomputed block is thus the
+forward's block, in the same precision, even though the backward pass runs outside autocast, and
+a block with dropout draws the same mask. The first-order VJP, rebuilt for the second
+derivative, runs in the autocast settings of the backward pass that first took it, where the
+plain model built its graph of the forces.
+
+Which gradients a backward pass computes is asked of the autograd engine, per input and
+parameter: ``autograd.grad(energy, pos, create_graph=True)`` needs no weight gradients, so the
+blocks skip their weight VJPs there (the loss's backward pass still gets them all). The answer
+comes from the graph task being executed, not from a flag of the calling thread, so it holds on
+the per-device threads where CUDA runs backward passes.
 
 Inputs the gradient flows to are the floating-point tensors that require grad, found in the
 block's arguments (also inside tuples, lists, dicts and dataclasses such as a model's bases), and
@@ -26,8 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -65,28 +77,121 @@ def call(block: Callable[..., Output], *args: Any) -> Output:
     return block(*args)
 
 
-_input_gradients_only = threading.local()
+@dataclasses.dataclass(frozen=True)
+class _Autocast:
+    """Autocast settings of some device types, as ``torch.autocast`` takes them."""
+
+    #: ``(device_type, enabled, dtype)`` per device type.
+    settings: tuple[tuple[str, bool, torch.dtype], ...]
+    cache_enabled: bool
+
+    @classmethod
+    def capture(cls, device_types: Iterable[str]) -> _Autocast:
+        settings = tuple(
+            (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+            for kind in device_types
+        )
+        return cls(settings, torch.is_autocast_cache_enabled())
+
+    @property
+    def device_types(self) -> tuple[str, ...]:
+        return tuple(kind for kind, _, _ in self.settings)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """These settings inside, whatever the caller's (also when it disabled autocast)."""
+        with contextlib.ExitStack() as stack:
+            for kind, enabled, dtype in self.settings:
+                stack.enter_context(
+                    torch.autocast(
+                        kind, dtype=dtype, enabled=enabled, cache_enabled=self.cache_enabled
+                    )
+                )
+            yield
 
 
-@contextlib.contextmanager
-def input_gradients_only() -> Iterator[None]:
-    """Declare that the backward passes run inside need no parameter gradients, as
-    ``autograd.grad(energy, pos, create_graph=True)`` for conservative forces: the blocks' weight
-    gradients are then not computed there (the loss's backward pass still gets them all)."""
-    previous = getattr(_input_gradients_only, "active", False)
-    _input_gradients_only.active = True
-    try:
-        yield
-    finally:
-        _input_gradients_only.active = previous
+@dataclasses.dataclass(frozen=True)
+class _Rng:
+    """The CPU generator's state and those of some accelerator devices."""
+
+    cpu: Tensor
+    devices: tuple[torch.device, ...]
+    states: tuple[Tensor, ...]
+
+    @classmethod
+    def capture(cls, devices: Sequence[torch.device]) -> _Rng:
+        # Host-side copies of the generators' seeds and offsets: no device synchronisation.
+        states = tuple(torch.get_device_module(d.type).get_rng_state(d.index) for d in devices)
+        return cls(torch.get_rng_state(), tuple(devices), states)
+
+    def install(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for device, state in zip(self.devices, self.states):
+            torch.get_device_module(device.type).set_rng_state(state, device.index)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """These states inside; the caller's again after, as if nothing had drawn from them."""
+        caller = _Rng.capture(self.devices)
+        self.install()
+        try:
+            yield
+        finally:
+            caller.install()
+
+
+@dataclasses.dataclass(frozen=True)
+class _ForwardState:
+    """What a block's forward pass ran under and its recompute must run under again."""
+
+    autocast: _Autocast
+    rng: _Rng
+
+    @classmethod
+    def capture(cls, tensors: Sequence[Tensor]) -> _ForwardState:
+        """The current state, for the CPU and the accelerator devices ``tensors`` live on."""
+        devices = sorted({t.device for t in tensors if t.device.type != "cpu"}, key=str)
+        kinds = dict.fromkeys(["cpu", *(d.type for d in devices)])
+        kinds = [kind for kind in kinds if torch.amp.is_autocast_available(kind)]
+        return cls(_Autocast.capture(kinds), _Rng.capture(devices))
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        with self.rng.restored(), self.autocast.restored():
+            yield
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    """A checkpointed block: ``run`` maps its input tensors to its output tensors."""
+
+    run: Callable[[Sequence[Tensor]], list[Tensor]]
+    num_inputs: int
+    forward_state: _ForwardState
+
+    def recompute(
+        self, inputs: Sequence[Tensor], params: Sequence[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """``(leaves, outputs)``: the block's outputs as in the forward pass, with a graph to
+        fresh input leaves and to the parameters (``leaves`` = those, then the parameters)."""
+        leaves = [x.detach().requires_grad_() for x in inputs]
+        with torch.enable_grad(), self.forward_state.restored():
+            return [*leaves, *params], self.run(leaves)
 
 
 class _Checkpoint(torch.autograd.Function):
     """Forward: the block without a graph. Backward: :class:`_BlockVJP`."""
 
     @staticmethod
-    def forward(ctx, run, num_inputs: int, *inputs_and_params: Tensor):
-        ctx.run, ctx.params = run, inputs_and_params[num_inputs:]
+    def forward(
+        ctx,
+        run: Callable[[Sequence[Tensor]], list[Tensor]],
+        num_inputs: int,
+        *inputs_and_params: Tensor,
+    ):
+        # Captured before the block runs: its recomputes must draw the same random numbers.
+        ctx.block = _Block(run, num_inputs, _ForwardState.capture(inputs_and_params))
+        ctx.params = inputs_and_params[num_inputs:]
         ctx.save_for_backward(*inputs_and_params[:num_inputs])
         ctx.set_materialize_grads(False)
         with torch.no_grad():
@@ -95,34 +200,32 @@ class _Checkpoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outputs: Tensor | None):
         inputs = ctx.saved_tensors
-        with_params = not getattr(_input_gradients_only, "active", False)
-        grads = _BlockVJP.apply(
-            ctx.run, len(inputs), len(ctx.params), with_params, *inputs, *ctx.params, *grad_outputs
-        )
+        # One edge per tensor argument of forward: the inputs, then the parameters.
+        needed = tuple(_engine_will_execute(node) for node, _ in ctx.next_functions)
+        grads = _BlockVJP.apply(ctx.block, needed, *inputs, *ctx.params, *grad_outputs)
         return None, None, *grads
 
 
 class _BlockVJP(torch.autograd.Function):
     """``(inputs, params, grad_outputs) -> d(outputs . grad_outputs)/d(inputs, params)``
-    (``None`` for the parameters unless ``with_params``), recomputing the block; its own backward
-    recomputes it again with a graph."""
+    (``None`` where this backward pass needs no gradient), recomputing the block; its own
+    backward recomputes it again with a graph."""
 
     @staticmethod
-    def forward(
-        ctx, run, num_inputs: int, num_params: int, with_params: bool, *args: Tensor | None
-    ):
-        inputs = args[:num_inputs]
-        ctx.params = args[num_inputs : num_inputs + num_params]
-        grad_outputs = args[num_inputs + num_params :]
-        ctx.run, ctx.num_inputs, ctx.with_params = run, num_inputs, with_params
+    def forward(ctx, block: _Block, needed: tuple[bool, ...], *args: Tensor | None):
+        num_leaves = len(needed)
+        inputs = args[: block.num_inputs]
+        ctx.params = args[block.num_inputs : num_leaves]
+        grad_outputs = args[num_leaves:]
+        ctx.block, ctx.needed = block, needed
+        # The backward pass this runs in: the second derivative rebuilds this VJP under it.
+        ctx.vjp_autocast = _Autocast.capture(block.forward_state.autocast.device_types)
         ctx.grad_slots = [g is not None for g in grad_outputs]
         ctx.save_for_backward(*inputs, *(g for g in grad_outputs if g is not None))
         ctx.set_materialize_grads(False)
-        with torch.enable_grad():
-            leaves, outputs = _recompute(run, inputs, ctx.params)
-            wrt = leaves if with_params else leaves[:num_inputs]
-            grads = _vjp(outputs, grad_outputs, wrt, create_graph=False)
-        return (*grads, *(None,) * (len(leaves) - len(wrt)))
+        leaves, outputs = block.recompute(inputs, ctx.params)
+        grads = iter(_vjp(outputs, grad_outputs, _select(leaves, needed), create_graph=False))
+        return tuple(next(grads) if need else None for need in needed)
 
     @staticmethod
     def backward(ctx, *grad_grads: Tensor | None):
@@ -131,27 +234,40 @@ class _BlockVJP(torch.autograd.Function):
                 "activation checkpointing supports first and second derivatives only; "
                 "switch model.activation_checkpointing off for higher ones"
             )
-        inputs = ctx.saved_tensors[: ctx.num_inputs]
-        given = iter(ctx.saved_tensors[ctx.num_inputs :])
-        with torch.enable_grad():
-            leaves, outputs = _recompute(ctx.run, inputs, ctx.params)
-            grad_outputs = [
-                next(given).detach().requires_grad_() if slot else None for slot in ctx.grad_slots
-            ]
-            first = leaves if ctx.with_params else leaves[: ctx.num_inputs]
-            grads = _vjp(outputs, grad_outputs, first, create_graph=True)
-            wrt = [*leaves, *(g for g in grad_outputs if g is not None)]
-            second = _vjp(grads, grad_grads[: len(first)], wrt, create_graph=False)
+        num_inputs = ctx.block.num_inputs
+        inputs = ctx.saved_tensors[:num_inputs]
+        given = iter(ctx.saved_tensors[num_inputs:])
+        leaves, outputs = ctx.block.recompute(inputs, ctx.params)
+        grad_outputs = [
+            next(given).detach().requires_grad_() if slot else None for slot in ctx.grad_slots
+        ]
+        with torch.enable_grad(), ctx.vjp_autocast.restored():
+            first = _vjp(outputs, grad_outputs, _select(leaves, ctx.needed), create_graph=True)
+        wrt = [*leaves, *(g for g in grad_outputs if g is not None)]
+        second = _vjp(first, _select(grad_grads, ctx.needed), wrt, create_graph=False)
         result = list(second[: len(leaves)])
         tail = iter(second[len(leaves) :])
         result += [next(tail) if slot else None for slot in ctx.grad_slots]
-        return None, None, None, None, *result
+        return None, None, *result
 
 
-def _recompute(run, inputs: Sequence[Tensor], params: Sequence[Tensor]) -> tuple[list, list]:
-    """The block's outputs with a graph to fresh input leaves and to the module parameters."""
-    leaves = [x.detach().requires_grad_() for x in inputs]
-    return [*leaves, *params], run(leaves)
+def _engine_will_execute(node: Any) -> bool:
+    """Whether the backward pass running on this thread needs the gradient flowing into
+    ``node`` (an edge of the function being differentiated)."""
+    if node is None:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError as error:
+        # torch declines to answer for a leaf whose gradient ``autograd.grad`` returns
+        # (``checkpoint_block(f, pos)`` differentiated by ``grad(e, pos)``): it is needed.
+        if "leaf node" not in str(error):
+            raise
+        return True
+
+
+def _select(items: Sequence[Any], mask: Sequence[bool]) -> list[Any]:
+    return [item for item, keep in zip(items, mask) if keep]
 
 
 def _vjp(outputs, grad_outputs, wrt: list[Tensor], *, create_graph: bool) -> tuple:
