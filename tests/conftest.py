@@ -30,12 +30,6 @@ def gloo_world():
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     """A tiny embedded-demo LMDB dataset (4 systems, a quarter held out), one per test module."""
-    from tiny_data import TINY_FRAMES
+    from tiny_data import tiny_demo_dataset
 
-    from ocp_graphpar.tools.data import make_demo_dataset
-
-    out = tmp_path_factory.mktemp("demo") / "data"
-    make_demo_dataset(
-        out, systems=4, max_steps=4, val_fraction=0.25, progress=False, counts=TINY_FRAMES
-    )
-    return out
+    return tiny_demo_dataset(tmp_path_factory.mktemp("demo") / "data")

@@ -39,15 +39,9 @@ def slurm_cluster():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from tiny_data import TINY_FRAMES
+    from tiny_data import tiny_demo_dataset
 
-    from ocp_graphpar.tools.data import make_demo_dataset
-
-    out = tmp_path_factory.mktemp("slurm") / "data"
-    make_demo_dataset(
-        out, systems=4, max_steps=10, val_fraction=0.25, progress=False, counts=TINY_FRAMES
-    )
-    return out
+    return tiny_demo_dataset(tmp_path_factory.mktemp("slurm") / "data", max_steps=10)
 
 
 def fairchem_train(data: Path, run_dir: Path, *flags: str) -> str:
