@@ -8,7 +8,7 @@ there; it is called by the start-up ``.pth`` file (:mod:`ocp_graphpar.launch.sta
 
 - ``_cli.main`` is wrapped to refuse, before any rank starts, a ``--gp-gpus`` that does not
   divide ``--num-gpus`` x ``--num-nodes`` (upstream asserts deep inside ``setup_gp``, or quietly
-  lowers it) (:func:`check_launch`); to give each rank of a local ``--cpu`` run its share of the
+  lowers it), or whose GP groups would span nodes (:func:`check_launch`); to give each rank of a local ``--cpu`` run its share of the
   cores (:func:`share_cores_among_ranks`); with ``--submit --cpu``, to ask SLURM for CPU tasks
   instead of ``--num-gpus`` GPUs per node (:func:`cpu_executor`, in ``_cli.AutoExecutor`` for
   that call); and to print a :class:`UserFacingError` as one line (exit status 2).
@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.launch.placement import check_placement
 from ocp_graphpar.parallel import check_gp_size
 
 #: Set to 1 to install the hooks in a process that is not the ``fairchem`` script.
@@ -54,6 +55,7 @@ def check_launch(args: argparse.Namespace) -> None:
             f"quietly use {world_size}. Ask for at least {args.gp_gpus} ranks."
         )
     check_gp_size(world_size, args.gp_gpus)
+    check_placement(num_nodes=args.num_nodes, tasks_per_node=args.num_gpus, gp_size=args.gp_gpus)
 
 
 def share_cores_among_ranks(args: argparse.Namespace) -> None:
