@@ -428,8 +428,8 @@ def anonymous_bytes() -> int:
 def large_model() -> torch.nn.Module:
     """Eight 512 x 512 float32 layers: 8.4 MB of parameters, 34 MB of checkpoint with
     AdamW's state and an EMA."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
+    torch.manual_seed(0)  # float32 whatever default dtype an earlier test left set
+    return torch.nn.Sequential(*[torch.nn.Linear(512, 512, dtype=torch.float32) for _ in range(8)])
 
 
 def write_large_checkpoint(path: str | os.PathLike) -> int:
@@ -438,7 +438,7 @@ def write_large_checkpoint(path: str | os.PathLike) -> int:
     model = large_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     ema = ExponentialMovingAverage(model.parameters(), 0.5)
-    model(torch.randn(4, 512)).square().sum().backward()
+    model(torch.randn(4, 512, dtype=torch.float32)).square().sum().backward()
     optimizer.step()
     ema.update()
     torch.save(
