@@ -99,7 +99,8 @@ def balanced_spatial_owner(
         return torch.zeros_like(batch)
     systems = _Systems.of(batch)
     coords = _fractional(batch, pos, cell)
-    orders = torch.cat([torch.arange(batch.numel())[None], _cyclic_orders(coords, systems)])
+    atoms = torch.arange(batch.numel(), device=batch.device)
+    orders = torch.cat([atoms[None], _cyclic_orders(coords, systems)])
     system_work = _system_work(work, systems)
     layouts = _layouts(system_work, size=size)
     num_layouts, num_orders = layouts.shape[0], orders.shape[0]
@@ -114,7 +115,7 @@ def balanced_spatial_owner(
     cost, choice = costs.view(-1, num_layouts, num_orders).min(dim=-1)  # first least, as a loop
     layout = int(torch.argmin(cost.sum(dim=0)))
     column = layout * num_orders + choice[:, layout]
-    return owners[torch.arange(batch.numel()), column[batch]].long()
+    return owners[atoms, column[batch]].long()
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,8 @@ def _cyclic_orders(coords: Tensor, systems: _Systems) -> Tensor:
         order = order.gather(0, stable_argsort(batch[order], num_keys=systems.count))
     ordered = coords.gather(0, order)
     last = (systems.column == sizes - 1)[:, None]
-    following = torch.where(last[:, 0], systems.starts[batch], torch.arange(1, batch.numel() + 1))
+    next_atom = torch.arange(1, batch.numel() + 1, device=batch.device)
+    following = torch.where(last[:, 0], systems.starts[batch], next_atom)  # cyclic successor
     after = ordered.index_select(0, following)
     gaps = torch.where(last, (after + 1) - ordered, after - ordered)
     shift = (_first_max_column(gaps, systems) + 1) % systems.sizes.clamp(min=1)[:, None]
