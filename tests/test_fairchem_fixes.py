@@ -196,3 +196,50 @@ def test_importing_the_plugin_leaves_fairchem_and_torch_untouched():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["compared"] > 500
     assert result["changed"] == []
+
+
+def test_a_periodic_checkpoint_holds_the_schedule_of_the_step_it_follows(tmp_path):
+    """Upstream saves ``optim.checkpoint_every``'s checkpoint after step ``s``'s update but
+    before its ``scheduler.step()``: the saved schedule must be the one after step ``s`` (what
+    a resumed run needs), and the running trainer's must stay as upstream will step it."""
+    from fairchem.core.modules.scheduler import LRScheduler
+
+    optim = {
+        "lr_initial": 1e-3,
+        "warmup_steps": 10,
+        "warmup_factor": 0.2,
+        "lr_milestones": [100],
+        "lr_gamma": 0.5,
+    }
+
+    def schedule() -> tuple[torch.optim.Optimizer, LRScheduler]:
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=optim["lr_initial"])
+        return optimizer, LRScheduler(optimizer, optim)
+
+    optimizer, scheduler = schedule()
+    trainer = bare_trainer(
+        config={"cmd": {"checkpoint_dir": str(tmp_path)}},
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+    reference_optimizer, reference = schedule()
+    for step in range(1, 6):  # OCPTrainer.train: update, counter, periodic save, scheduler step
+        trainer.step = step
+        if step == 3:
+            trainer.save(checkpoint_file="checkpoint.pt", training_state=True)
+        scheduler.step()
+        reference.step()
+        assert optimizer.param_groups[0]["lr"] == reference_optimizer.param_groups[0]["lr"]
+        if step == 3:
+            after_step = reference.scheduler.state_dict()
+
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 3
+    assert saved["scheduler"]["last_epoch"] == after_step["last_epoch"] == 3
+    assert saved["scheduler"]["_last_lr"] == after_step["_last_lr"]
+    resumed_optimizer, resumed = schedule()
+    resumed.scheduler.load_state_dict(saved["scheduler"])
+    for _ in range(2):  # steps 4 and 5 of the resumed run
+        resumed.step()
+    assert resumed.scheduler.get_last_lr() == reference.scheduler.get_last_lr()

@@ -12,7 +12,10 @@ Fixes for fairchem-core 1.10 defects, each in a module of its own (``docs/fairch
 - a SLURM preemption signal checkpoints at the next optimizer-step boundary
   (:class:`~ocp_graphpar.trainers.preemption.StepBoundaryPreemption`);
 - the process groups outlive ``distutils.cleanup``, so no gloo destructor hangs a rank at exit
-  (:func:`~ocp_graphpar.trainers.process_groups.retain_process_groups`).
+  (:func:`~ocp_graphpar.trainers.process_groups.retain_process_groups`);
+- the periodic ``checkpoint.pt`` (``optim.checkpoint_every``) holds the learning-rate schedule of
+  the step it follows, so a run resumed from it keeps the uninterrupted run's learning rates
+  (:class:`~ocp_graphpar.trainers.periodic_checkpoints.ScheduleAtCheckpointedStep`).
 
 Features the paper's recipes need:
 
@@ -44,6 +47,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.trainers.atomic_outputs import AtomicOutputs
 from ocp_graphpar.trainers.finetune import load_starting_weights
+from ocp_graphpar.trainers.periodic_checkpoints import ScheduleAtCheckpointedStep
 from ocp_graphpar.trainers.preemption import StepBoundaryPreemption
 from ocp_graphpar.trainers.process_groups import retain_process_groups
 from ocp_graphpar.trainers.sharded_state import ShardedModelState
@@ -72,7 +76,13 @@ def epoch_exponential_scheduler(optimizer, *, gamma: float, steps_per_epoch: int
 
 
 @registry.register_trainer("ocp_graphpar")
-class GraphParallelTrainer(AtomicOutputs, ShardedModelState, StepBoundaryPreemption, OCPTrainer):
+class GraphParallelTrainer(
+    ScheduleAtCheckpointedStep,
+    AtomicOutputs,
+    ShardedModelState,
+    StepBoundaryPreemption,
+    OCPTrainer,
+):
     """``OCPTrainer`` with atomic outputs, step-boundary preemption, process groups kept to the
     end, fine-tuning starts, the ``EpochExponentialLR`` schedule and sharded optimizer state and
     EMA (see the module docstring)."""
