@@ -224,15 +224,16 @@ def test_a_periodic_checkpoint_holds_the_schedule_of_the_step_it_follows(tmp_pat
         scheduler=scheduler,
     )
     reference_optimizer, reference = schedule()
-    for step in range(1, 6):  # OCPTrainer.train: update, counter, periodic save, scheduler step
-        trainer.step = step
-        if step == 3:
-            trainer.save(checkpoint_file="checkpoint.pt", training_state=True)
-        scheduler.step()
-        reference.step()
-        assert optimizer.param_groups[0]["lr"] == reference_optimizer.param_groups[0]["lr"]
-        if step == 3:
-            after_step = reference.scheduler.state_dict()
+    with trainer.training_loop():  # as in OCPTrainer.train:
+        for step in range(1, 6):  # update, counter, periodic save, scheduler step
+            trainer.step = step
+            if step == 3:
+                trainer.save(checkpoint_file="checkpoint.pt", training_state=True)
+            scheduler.step()
+            reference.step()
+            assert optimizer.param_groups[0]["lr"] == reference_optimizer.param_groups[0]["lr"]
+            if step == 3:
+                after_step = reference.scheduler.state_dict()
 
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["step"] == 3

@@ -23,7 +23,25 @@ from typing import Any
 
 class ScheduleAtCheckpointedStep:
     """Trainer mixin: ``save`` of training state mid-step stores the schedule after the step.
-    Place it before the other ``save`` overrides (``AtomicOutputs``) in the bases."""
+    Place it before the other ``save`` overrides (``AtomicOutputs``) in the bases.
+
+    Only saves made inside upstream's training loop are adjusted: there the scheduler is
+    stepped once per step, so one step behind the counter means "saved mid-step". Code that
+    drives steps itself, and saves, gets upstream's ``save`` unchanged.
+    """
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        with self.training_loop():
+            return super().train(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def training_loop(self) -> Iterator[None]:
+        """Marks the span of upstream's training loop, where the scheduler steps per step."""
+        previous, self._in_training_loop = getattr(self, "_in_training_loop", False), True
+        try:
+            yield
+        finally:
+            self._in_training_loop = previous
 
     def save(
         self,
@@ -31,7 +49,8 @@ class ScheduleAtCheckpointedStep:
         checkpoint_file: str = "checkpoint.pt",
         training_state: bool = True,
     ) -> str | None:
-        with schedule_after_this_step(self, training_state=training_state):
+        mid_step = training_state and getattr(self, "_in_training_loop", False)
+        with schedule_after_this_step(self, training_state=mid_step):
             return super().save(
                 metrics=metrics, checkpoint_file=checkpoint_file, training_state=training_state
             )
