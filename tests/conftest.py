@@ -12,14 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned ranks import
 
 @pytest.fixture(scope="session")
 def gloo_world():
-    """``gloo_world(P)``: a started :class:`GlooWorld` of P ranks, shared by every test."""
-    from ocp_graphpar.parallel.testing import GlooWorld
+    """``gloo_world(P)``: a started :class:`WorkerWorld` of P ranks, shared by every test."""
+    from ocp_graphpar.parallel.workers import WorkerWorld
 
-    worlds: dict[int, GlooWorld] = {}
+    worlds: dict[int, WorkerWorld] = {}
 
-    def get(size: int) -> GlooWorld:
+    def get(size: int) -> WorkerWorld:
         if size not in worlds or not worlds[size].alive:
-            worlds[size] = GlooWorld(size)
+            worlds[size] = WorkerWorld(size)
         return worlds[size]
 
     yield get

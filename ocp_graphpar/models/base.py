@@ -18,6 +18,7 @@ training batch. See ``docs/porting.md`` for how to port a model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from typing import TypeVar
 
 import torch
 from fairchem.core.common import distutils
-from fairchem.core.common.utils import conditional_grad
 from torch import Tensor
 
 from ocp_graphpar.models.checkpointing import checkpoint_block
@@ -104,9 +104,17 @@ class GraphParallelModel:
 
     # -- the frame ------------------------------------------------------------------------
 
-    @conditional_grad(torch.enable_grad())
     def forward(self, data) -> dict[str, Tensor]:
-        """Per-system energies and per-atom forces ``(N, 3)`` of the batch, on every GP rank."""
+        """Per-system energies and per-atom forces ``(N, 3)`` of the batch, on every GP rank.
+
+        Forces ``-dE/dpos`` keep their graph (for a loss on them) only where the caller records
+        gradients: under ``torch.no_grad()`` (prediction, ASE calculators) the backward pass
+        frees each block's saved tensors as it goes, so inference holds no second graph."""
+        keep_force_graph = torch.is_grad_enabled()
+        with torch.enable_grad() if self.conservative_forces else contextlib.nullcontext():
+            return self._outputs(data, keep_force_graph=keep_force_graph)
+
+    def _outputs(self, data, *, keep_force_graph: bool) -> dict[str, Tensor]:
         if self._scale_fit_pending and self.training:
             self._scale_fit_pending = False
             self._fit_scale_factors(data)
@@ -118,7 +126,7 @@ class GraphParallelModel:
         if self.regress_forces:
             if self.conservative_forces:
                 # Checkpointed blocks skip their weight VJPs here: only ``pos`` is asked for.
-                (grad,) = torch.autograd.grad(energy.sum(), data.pos, create_graph=True)
+                (grad,) = torch.autograd.grad(energy.sum(), data.pos, create_graph=keep_force_graph)
                 outputs["forces"] = -grad
             else:
                 outputs["forces"] = sharded.plan.gather_atoms(sharded.atom_forces)
@@ -144,7 +152,8 @@ class GraphParallelModel:
         each rank owns a balanced, spatially contiguous set of atoms and the edges into them.
         ``reverse_edge (E,)`` adds the reverse-edge halo; ``triplets_per_edge (E,)`` (or one count
         for all edges) weighs the balance (default: GemNet's triplets, the other edges into the
-        target)."""
+        target). A batch may carry ``gp_atom_owner (N,)``, atom owners kept from an earlier
+        step (an ASE calculator reusing its neighbour list): only the edges' part is rebuilt."""
         natoms = getattr(data, "natoms", None)
         return build_partition(
             data.batch,
@@ -155,6 +164,7 @@ class GraphParallelModel:
             reverse_edge=reverse_edge,
             triplets_per_edge=triplets_per_edge,
             weights=self.partition_weights,
+            atom_owner=getattr(data, "gp_atom_owner", None),
         )
 
     def checkpointed(self, block: Callable[..., Output], *args) -> Output:

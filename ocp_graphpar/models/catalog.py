@@ -47,7 +47,10 @@ class ModelSpec:
             rank's graph, as the model builds it.
         precomputed_graph: settings under which the model reads a batch's stored edges.
         build_options: settings every tool-built instance gets (e.g. no automatic fitting).
+        max_atomic_number: ``model -> Z``, the heaviest element the model's embedding knows.
         upstream_graph_parallel: fairchem's own graph-parallel twin, if it has one.
+        upstream_options: settings under which the model computes what ``upstream`` computes
+            (given to an upstream checkpoint loaded into the model for inference).
     """
 
     key: str
@@ -57,9 +60,11 @@ class ModelSpec:
     upstream_registry_name: str
     widths: tuple[str, ...]
     graph_size: Callable[[nn.Module, object], dict[str, int]]
+    max_atomic_number: Callable[[nn.Module], int]
     precomputed_graph: dict = field(default_factory=lambda: {"otf_graph": False})
     build_options: dict = field(default_factory=dict)
     upstream_graph_parallel: type[nn.Module] | None = None
+    upstream_options: dict = field(default_factory=dict)
 
     @property
     def names(self) -> set[str]:
@@ -73,6 +78,16 @@ class ModelSpec:
             *(f"{cls.__module__}.{cls.__qualname__}" for cls in classes),
             f"ocp_graphpar.models.{self.model.__name__}",
         }
+
+
+def _atom_embedding_elements(model: nn.Module) -> int:
+    """fairchem's ``AtomEmbedding`` (GemNet-T, PaiNN) reads row ``Z - 1``."""
+    return model.atom_emb.embeddings.num_embeddings
+
+
+def _dimenet_elements(model: nn.Module) -> int:
+    """DimeNet++'s ``EmbeddingBlock`` reads row ``Z``."""
+    return model.emb.emb.num_embeddings - 1
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -94,6 +109,7 @@ MODELS: dict[str, ModelSpec] = {
                 "num_radial",
             ),
             graph_size=gemnet_graph.graph_size,
+            max_atomic_number=_atom_embedding_elements,
             # upstream GemNet-T asserts its default max_neighbors when the graph is stored
             precomputed_graph={"otf_graph": False, "max_neighbors": 50},
             build_options={"auto_fit_scale_factors": False},
@@ -107,6 +123,9 @@ MODELS: dict[str, ModelSpec] = {
             upstream_registry_name="dimenetplusplus",
             widths=("hidden_channels", "out_emb_channels", "int_emb_size", "basis_emb_size"),
             graph_size=dimenetpp_graph.graph_size,
+            max_atomic_number=_dimenet_elements,
+            # upstream detaches the angles' positions under PBC (non-conservative forces)
+            upstream_options={"detach_angles": True},
         ),
         ModelSpec(
             key="painn",
@@ -116,6 +135,7 @@ MODELS: dict[str, ModelSpec] = {
             upstream_registry_name="painn",
             widths=("hidden_channels", "num_rbf"),
             graph_size=painn_graph_size,
+            max_atomic_number=_atom_embedding_elements,
             build_options={"auto_fit_scale_factors": False},
         ),
     )

@@ -50,7 +50,7 @@ def load_starting_weights(
     stored = checkpoint.get("state_dict", checkpoint)
     state = {_strip_ddp(key): value for key, value in stored.items()}
     _refuse_mismatch(model, state, checkpoint, path, model_config or {})
-    ema = _ema_by_name(model, state, checkpoint.get("ema"))
+    ema = ema_weights_by_name(model, state, checkpoint.get("ema"))
     ours = model.state_dict()
     model.load_state_dict({key: ema.get(key, state[key]) for key in ours}, strict=True)
     dropped = sorted(set(state) - set(ours))
@@ -108,7 +108,7 @@ def _refuse_mismatch(
     )
 
 
-def _ema_by_name(model: nn.Module, state: dict, ema: dict | None) -> dict:
+def ema_weights_by_name(model: nn.Module, state: dict, ema: dict | None) -> dict:
     """fairchem's EMA shadow parameters by state-dict name, or ``{}`` if they cannot be matched.
 
     The EMA keeps a list in the order of the trained model's parameters: its state dict's

@@ -20,7 +20,7 @@ import time
 import torch
 
 from ocp_graphpar.errors import UserFacingError
-from ocp_graphpar.parallel.testing import GlooWorld, RankDied
+from ocp_graphpar.parallel.workers import RankDied, WorkerWorld
 from ocp_graphpar.tools.bench.device import measure_on_device
 from ocp_graphpar.tools.bench.gp_check import gp_equality
 from ocp_graphpar.tools.bench.staging import COLLECTIVES
@@ -136,7 +136,7 @@ def _in_world(size: int, key: dict, fn, *args, **kwargs) -> list | None:
     results, or ``None`` with ``key`` made a ``failed`` record (the suite goes on)."""
     threads = max(1, (os.cpu_count() or 1) // size)
     try:
-        with GlooWorld(size, threads_per_rank=threads, timeout_s=WORLD_TIMEOUT_S) as world:
+        with WorkerWorld(size, threads_per_rank=threads, timeout_s=WORLD_TIMEOUT_S) as world:
             return world.run(fn, *args, **kwargs)
     except (RankDied, RuntimeError, TimeoutError) as error:
         lines = [line for line in str(error).strip().splitlines() if line.strip()]

@@ -1,7 +1,7 @@
 """Graph parallelism on one device: P gloo ranks sharing it, their training step in float64
 against the single-process step of the same weights.
 
-Each rank of a :class:`~ocp_graphpar.parallel.testing.GlooWorld` runs :func:`gp_equality` on the
+Each rank of a :class:`~ocp_graphpar.parallel.workers.WorkerWorld` runs :func:`gp_equality` on the
 same device (``cuda`` puts every rank on the current GPU), so the runtime's collectives move
 tensors of that device through gloo. Collectives the backend refuses on those tensors
 (:func:`~ocp_graphpar.tools.bench.staging.refused_collectives`) are staged through host memory,

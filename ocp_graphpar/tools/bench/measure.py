@@ -3,7 +3,8 @@
 A training step here is what fairchem's trainer does between two optimizer steps: forward, the
 S2EF loss (energy MAE + 100 x force L2-MAE, as the GemNet-XL config) and backward. The optimizer
 step and the EMA update touch only replicated parameters, so they cost the same for every
-contender and every P; their state is measured once (:func:`model_state_bytes`).
+contender and every P; their state is measured once (:func:`model_state_bytes`). An inference
+workload measures a prediction instead (:func:`inference_call`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def training_step(
     return {key: value.detach() for key, value in out.items()}
 
 
+def inference_call(model: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
+    """Energies ``(B, *)`` and forces ``(N, 3)`` of one prediction, called as fairchem's
+    ``trainer.predict`` and ASE calculators call the model: under ``torch.no_grad()`` (a model
+    with ``-dE/dpos`` forces enables grad for that pass itself and keeps no second-order graph).
+    The model is expected in eval mode."""
+    with torch.no_grad():
+        return model(batch.clone())
+
+
 def _allocate_gradients(model: torch.nn.Module) -> None:
     """Gradients exist before the step, as from the second step on in training."""
     for param in model.parameters():
@@ -60,25 +70,30 @@ def measure_contender(
     batch,
     repeats: int = 3,
     device: str = "cpu",
+    *,
+    inference: bool = False,
 ) -> dict:
     """Bytes and calls per collective kind, activation peak, load and step times on this rank.
 
     The first step is counted (collectives, and memory with gradients already allocated); the
-    ``repeats`` after it are timed.
+    ``repeats`` after it are timed. With ``inference`` a step is one prediction
+    (:func:`inference_call`, eval mode, no gradients allocated).
     """
     device = torch.device(device)
     batch = batch.to(device)
+    step = inference_call if inference else training_step
     with running(name):
         model = build_contender(name, family, model_config).to(device)
-        model.train()
-        _allocate_gradients(model)
+        model.train(not inference)
+        if not inference:
+            _allocate_gradients(model)
         with (
             count_wire_bytes() as wire,
             step_activation_peak(device) as peak,
             MatmulFlops() as flops,
             recording_plans() as plans,
         ):
-            training_step(model, batch)
+            step(model, batch)
         partition = plans[0].stats if plans else None
         times, cpu_times = [], []
         for _ in range(repeats):
@@ -86,7 +101,7 @@ def measure_contender(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start, cpu_start = time.perf_counter(), time.process_time()
-            training_step(model, batch)
+            step(model, batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
@@ -121,14 +136,14 @@ def paired_step_times(
     ``ratio`` holds, per round, the first contender's median over the second's: its spread
     shows how far the overall median is to trust.
     """
-    from ocp_graphpar.parallel.testing import GlooWorld
+    from ocp_graphpar.parallel.workers import WorkerWorld
 
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     per_round: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
-            with GlooWorld(1, threads_per_rank=os.cpu_count() or 1, timeout_s=7200.0) as world:
+            with WorkerWorld(1, threads_per_rank=os.cpu_count() or 1, timeout_s=7200.0) as world:
                 times = world.run(timed_steps, name, family, model_config, batch, steps)[0]
             wall[name] += [t for t, _ in times]
             cpu[name] += [c for _, c in times]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ocp_graphpar.atomic import fingerprint
 from ocp_graphpar.errors import UserFacingError
-from ocp_graphpar.parallel.testing import GlooWorld, RankDied
+from ocp_graphpar.parallel.workers import RankDied, WorkerWorld
 from ocp_graphpar.tools.bench.contenders import CONTENDERS
 from ocp_graphpar.tools.bench.journal import Journal
 from ocp_graphpar.tools.bench.memory_suite import check_memory_spec
@@ -47,6 +47,7 @@ class Workload:
     tiny_overrides: dict = field(default_factory=dict)  # model widths under `bench --tiny`
     contender_sizes: dict = field(default_factory=dict)  # {contender: [P, ...]} (default: all)
     memory: dict = field(default_factory=dict)  # issue #19's state records (memory_suite.py)
+    inference: bool = False  # runs are predictions, not training steps (inference.py)
 
     def model_config(self) -> dict:
         """The config's ``model`` section, run on the edges the batch carries."""
@@ -139,7 +140,8 @@ def load_batch(systems: list[str], cutoff: float, max_neighbors: int):
     """Collate the listed structures with their radius graph.
 
     ``path`` is frame 0 of an ASE-readable file, ``path@K`` frame K; a folder ``dir@K`` is
-    item K of an LMDB dataset written by ``ocp-graphpar data`` (or any fairchem S2EF LMDB).
+    item K of an LMDB dataset written by ``ocp-graphpar data`` (or any fairchem S2EF LMDB); a
+    mapping is the recipe of a built slab (:func:`~.inference.slab_structure`).
     """
     from fairchem.core.datasets.lmdb_dataset import data_list_collater
     from fairchem.core.preprocessing import AtomsToGraphs
@@ -150,8 +152,13 @@ def load_batch(systems: list[str], cutoff: float, max_neighbors: int):
     return data_list_collater([_structure(s, a2g) for s in systems], otf_graph=False)
 
 
-def _structure(spec: str, a2g):
+def _structure(spec: str | dict, a2g):
     from ocp_graphpar.tools.data.reading import read_frames
+
+    if isinstance(spec, dict):
+        from ocp_graphpar.tools.bench.inference import slab_structure
+
+        return a2g.convert(slab_structure(**spec))
 
     path, _, index = spec.partition("@")
     if not Path(path).exists():
@@ -217,7 +224,7 @@ def run_suite(suite: Suite, journal: Journal | None = None) -> list[dict]:
             for job in group:
                 progress.set_postfix_str(job.label)
                 if size and world is None:
-                    world = GlooWorld(size, threads_per_rank=threads, timeout_s=7200.0)
+                    world = WorkerWorld(size, threads_per_rank=threads, timeout_s=7200.0)
                 try:
                     record = journal.add(job.key, job.fingerprint, job.make(world, threads))
                 except RankDied as died:
@@ -259,7 +266,7 @@ class _Job:
     record: Callable[[Any, int], dict]
     kwargs: dict = field(default_factory=dict)
 
-    def make(self, world: GlooWorld | None, threads: int) -> dict:
+    def make(self, world: WorkerWorld | None, threads: int) -> dict:
         if world is None:
             return self.record(self.fn(*self.args, **self.kwargs), threads)
         return self.record(world.run(self.fn, *self.args, **self.kwargs), threads)
@@ -292,7 +299,7 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
                 _definition(workload, suite),
             )
             jobs += memory_jobs(workload, config, defined, size=size)
-            if size == 1 and not workload.memory:
+            if size == 1 and not workload.memory and not workload.inference:
                 jobs.append(_Job(1, ("state", name), defined, f"{name} model state",
                                  model_state_bytes, ("ours", workload.family, config),
                                  partial(_first_rank_record, "state", name)))  # fmt: skip
@@ -302,7 +309,8 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
                                  (contender, workload.family, config, batch),
                                  partial(_run_record, size, workload, contender),
                                  {"repeats": suite.repeats if workload.repeats is None
-                                  else workload.repeats}))  # fmt: skip
+                                  else workload.repeats,
+                                  "inference": workload.inference}))  # fmt: skip
     for workload, config in prepared:
         name = workload.name
         jobs.append(_Job(0, ("plan_check", name), _definition(workload, suite),
@@ -367,6 +375,7 @@ def workload_record(workload: Workload, batch) -> dict:
         "systems": workload.systems,
         "floors": workload.floors,
         "memory": workload.memory,
+        "inference": workload.inference,
         "atoms": int(batch.natoms.sum()),
         "edges": int(batch.edge_index.shape[1]),
     }

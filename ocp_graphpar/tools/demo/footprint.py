@@ -51,10 +51,10 @@ def sample_batch(lmdb_dir: str | os.PathLike, systems: int = 2):
 def measure_training_step(model: dict, batch, ranks: int = 2) -> list[dict]:
     """Per-rank figures of one training step of ``model`` on ``batch`` under graph parallelism
     over ``ranks`` spawned gloo ranks (one GP group): the dicts of ``measure_contender``."""
-    from ocp_graphpar.parallel.testing import GlooWorld
+    from ocp_graphpar.parallel.workers import WorkerWorld
     from ocp_graphpar.tools.bench.measure import measure_contender
 
-    with GlooWorld(ranks) as world:
+    with WorkerWorld(ranks) as world:
         results = world.run(measure_contender, "ours", "gemnet", model, batch, repeats=1)
     return [as_json(result) for result in results]
 

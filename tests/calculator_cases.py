@@ -1,0 +1,155 @@
+"""Checkpoints and structures for the ASE calculator's tests: fairchem-format checkpoint files of
+the three models (ours or upstream's registry names), and adsorbate + slab structures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ase import Atoms
+from ase.build import add_adsorbate, fcc111, molecule
+from ase.constraints import FixAtoms
+from fairchem.core.common.registry import registry
+from fairchem.core.modules.normalization.normalizer import Normalizer
+from fairchem.core.modules.scaling.scale_factor import ScaleFactor
+
+import ocp_graphpar  # noqa: F401  (registers the models)
+from ocp_graphpar.models.catalog import MODELS
+
+#: Small widths per catalog key: every block runs, a few hundred atoms take seconds.
+WIDTHS = {
+    "gemnet": dict(
+        num_spherical=3,
+        num_radial=4,
+        num_blocks=2,
+        emb_size_atom=8,
+        emb_size_edge=12,
+        emb_size_trip=6,
+        emb_size_rbf=4,
+        emb_size_cbf=4,
+        emb_size_bil_trip=6,
+        num_before_skip=1,
+        num_after_skip=1,
+        num_concat=1,
+        num_atom=1,
+        cutoff=6.0,
+        max_neighbors=30,
+    ),
+    "dimenet": dict(
+        hidden_channels=8,
+        num_blocks=2,
+        int_emb_size=4,
+        basis_emb_size=3,
+        out_emb_channels=6,
+        num_spherical=3,
+        num_radial=4,
+        cutoff=5.0,
+        num_before_skip=1,
+        num_after_skip=1,
+        num_output_layers=2,
+    ),
+    "painn": dict(hidden_channels=8, num_layers=2, num_rbf=6, cutoff=6.0, max_neighbors=30),
+}
+
+
+def checkpoint_config(key: str, *, upstream: bool = False) -> dict:
+    """A fairchem S2EF config (as a trainer saves it in its checkpoints) for model ``key``."""
+    spec = MODELS[key]
+    name = spec.upstream_registry_name if upstream else spec.registry_name
+    return {
+        "trainer": "ocp",
+        "model": {
+            "name": name,
+            **WIDTHS[key],
+            "regress_forces": True,
+            "use_pbc": True,
+            "otf_graph": True,
+        },
+        "outputs": {
+            "energy": {"level": "system"},
+            "forces": {"level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True},
+        },
+        "loss_functions": [
+            {"energy": {"fn": "mae", "coefficient": 1}},
+            {"forces": {"fn": "l2mae", "coefficient": 100}},
+        ],
+        "evaluation_metrics": {"metrics": {"energy": ["mae"], "forces": ["forcesx_mae"]}},
+        "optim": {"batch_size": 1, "eval_batch_size": 1, "max_epochs": 1, "lr_initial": 1e-3},
+        "task": {},
+        "dataset": {"format": "ase_db", "src": "not-read"},
+        "cmd": {"seed": 0},
+    }
+
+
+def write_checkpoint(
+    path: Path, key: str, *, upstream: bool = False, ema: bool = False, seed: int = 0
+) -> Path:
+    """Write a fairchem checkpoint of model ``key`` with random, non-trivial weights, scale
+    factors and normalisers. ``ema``: also an EMA entry (as ``checkpoint.pt`` holds it) whose
+    averages differ from the weights."""
+    config = checkpoint_config(key, upstream=upstream)
+    model_args = {k: v for k, v in config["model"].items() if k != "name"}
+    cls = registry.get_model_class(config["model"]["name"])
+    torch.manual_seed(seed)
+    model = cls(**model_args)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, ScaleFactor):
+                module.set_(float(0.5 + torch.rand((), generator=generator)))
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    checkpoint = {
+        "epoch": 1,
+        "step": 10,
+        "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+        "normalizers": {
+            "energy": Normalizer(mean=-0.7, rmsd=2.5).state_dict(),
+            "forces": Normalizer(mean=0.0, rmsd=0.3).state_dict(),
+        },
+        "config": config,
+        "amp": None,
+    }
+    if ema:
+        trained = [p for p in model.parameters() if p.requires_grad]
+        shadow = [p.detach() + 0.05 * torch.randn(p.shape, generator=generator) for p in trained]
+        checkpoint["ema"] = {
+            "decay": 0.999,
+            "num_updates": 10,
+            "shadow_params": shadow,
+            "collected_params": [],
+        }
+    torch.save(checkpoint, path)
+    return path
+
+
+def with_ema_as_weights(source: Path, destination: Path) -> Path:
+    """``source``'s checkpoint with its EMA averages written into ``state_dict`` and the EMA
+    entry dropped: what fairchem's ``best_checkpoint.pt`` holds."""
+    checkpoint = torch.load(source, weights_only=False)
+    config = checkpoint["config"]["model"]
+    model = registry.get_model_class(config["name"])(
+        **{k: v for k, v in config.items() if k != "name"}
+    )
+    trained = [f"module.{n}" for n, p in model.named_parameters() if p.requires_grad]
+    state = dict(checkpoint["state_dict"])
+    state.update(zip(trained, checkpoint.pop("ema")["shadow_params"]))
+    checkpoint["state_dict"] = state
+    torch.save(checkpoint, destination)
+    return destination
+
+
+def slab(size: tuple[int, int, int] = (4, 4, 3), *, fixed_layers: int = 2) -> Atoms:
+    """A Cu(111) slab with CO on top and its lowest ``fixed_layers`` layers fixed, tagged as
+    OC20 tags them (0 fixed subsurface, 1 surface, 2 adsorbate), slightly rattled."""
+    atoms = fcc111("Cu", size=size, vacuum=8.0, a=3.6)
+    layer = atoms.get_tags()  # ase: 1 is the top layer
+    atoms.set_tags([1 if t == 1 else 0 for t in layer])
+    atoms.set_constraint(FixAtoms(mask=layer > size[2] - fixed_layers))
+    adsorbate = molecule("CO")
+    adsorbate.set_tags([2, 2])
+    add_adsorbate(atoms, adsorbate, height=1.9, position="ontop")
+    atoms.rattle(stdev=0.05, seed=7)
+    atoms.pbc = True
+    return atoms
