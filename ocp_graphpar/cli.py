@@ -13,6 +13,7 @@ from ocp_graphpar.tools.data.cli import add_data_commands
 from ocp_graphpar.tools.demo.cli import add_demo_commands
 from ocp_graphpar.tools.export.cli import add_export_commands
 from ocp_graphpar.tools.plan.cli import add_plan_commands
+from ocp_graphpar.tools.simulate.cli import add_simulate_commands
 
 
 def package_version() -> str:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_commands(commands)
     add_bench_commands(commands)
     add_plan_commands(commands)
+    add_simulate_commands(commands)
     return parser
 
 

@@ -186,7 +186,9 @@ def test_the_shipped_suite_names_real_configs_and_contenders():
         families = {"GemNetXL": "gemnet", "DimeNetPPXL": "dimenet", "PaiNNXL": "painn"}
         assert families[model] == workload.family
         assert set(workload.paired_timing) <= set(workload.contenders)
-        assert all(s.startswith("../shared/data/oc20_mini/") for s in workload.systems)
+        # OC20 frames, or the recipe of a built slab (inference workloads)
+        assert all(isinstance(s, dict) or s.startswith("../shared/data/oc20_mini/")
+                   for s in workload.systems)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +335,83 @@ def test_a_run_whose_rank_dies_is_reported_and_the_suite_goes_on(monkeypatch):
     markdown = render_markdown([after | {"workload": "tiny"}, failed], {"command": "c",
                                "machine": "m"}, {})  # fmt: skip
     assert "* ocp-graphpar at P = 2: rank" in markdown
+
+
+SLAB = {"slab": "Cu", "size": [3, 3, 3], "a": 3.6, "vacuum": 8.0, "adsorbate": "CO"}
+
+
+@pytest.fixture(scope="module")
+def inference_suite(tmp_path_factory):
+    """An inference workload at test widths on a small built slab: ours at P = 1 and 2,
+    upstream at P = 1, one counted and one timed prediction each."""
+    folder = tmp_path_factory.mktemp("inference")
+    model = {"name": "gemnet_xl", **TINY, "direct_forces": True}
+    (folder / "tiny.yml").write_text(yaml.safe_dump({"model": model}))
+    suite = {
+        "sizes": [1, 2],
+        "repeats": 1,
+        "workloads": [
+            {
+                "name": "inference_tiny",
+                "description": "test widths",
+                "config": str(folder / "tiny.yml"),
+                "family": "gemnet",
+                "inference": True,
+                "systems": [SLAB],
+                "contenders": ["ours", "gemnet_t"],
+            }
+        ],
+    }
+    (folder / "suite.yml").write_text(yaml.safe_dump(suite))
+    out = folder / "docs"
+    assert main(["bench", "--suite", str(folder / "suite.yml"), "--out", str(out)]) == 0
+    document = json.loads((out / "benchmarks" / "results.json").read_text())
+    return SimpleNamespace(out=out, results=document["results"])
+
+
+def test_inference_workload_measures_predictions_at_every_p(inference_suite):
+    entry = organise(inference_suite.results)["inference_tiny"]
+    info, runs = entry["info"], entry["runs"]
+    assert info["inference"] and info["atoms"] == 3 * 3 * 3 + 2 and "state" not in entry
+    assert set(runs) == {("ours", 1), ("gemnet_t", 1), ("ours", 2)}
+    for run in runs.values():
+        assert len(run["per_rank"]) == run["size"]
+        for rank in run["per_rank"]:
+            memory = rank["memory"]
+            assert memory["gradients"] == 0 < memory["parameters"]  # no gradients held
+            assert memory["activations"] > 0 and rank["step_s"] > 0 and rank["cpu_s"] > 0
+    peak = {key: per_rank_max(run, "memory", "activations") for key, run in runs.items()}
+    assert peak["ours", 2] < peak["ours", 1]
+    assert total(runs["ours", 1], "comm", "bytes") == 0 < total(runs["ours", 2], "comm", "bytes")
+    # the planner's inference estimate beside the measured peaks, and at the config's widths
+    assert set(entry["plan_check"]) == {"1", "2"}
+    assert entry["plan_check"]["1"] == pytest.approx(peak["ours", 1], rel=0.2)
+    assert entry["plan_check_config"]["widths"]["emb_size_edge"] == TINY["emb_size_edge"]
+
+
+def test_inference_report_has_the_floors_and_the_runs(inference_suite):
+    from ocp_graphpar.tools.bench.inference import inference_floors
+
+    markdown = (inference_suite.out / "benchmarks.md").read_text()
+    section = markdown[markdown.index("## inference_tiny") :]
+    assert "Cu fcc(111) slab of 3x3x3 cells" in section
+    assert "| per-rank activation peak of a prediction, P=2 / P=1 |" in section
+    assert "| ocp-graphpar | 2 |" in section and "| upstream gemnet_t | 1 |" in section
+    assert "memory_vs_p.png" not in markdown  # inference workloads have no training plots
+    ((what, ratio, floor, holds),) = inference_floors(organise(inference_suite.results)
+                                                      ["inference_tiny"])  # fmt: skip
+    assert floor == 0.6 and 0 < ratio < 1 and holds == (ratio <= 0.6)
+
+
+def test_the_shipped_inference_workload_predicts_a_slab_of_2000_atoms():
+    from ocp_graphpar.tools.bench.inference import slab_structure
+    from ocp_graphpar.tools.bench.suite import load_suite
+
+    suite = load_suite(REPO / "configs" / "bench" / "default.yml")
+    (workload,) = [w for w in suite.workloads if w.inference]
+    assert workload.contenders == ["ours", "gemnet_t"] and suite.sizes == [1, 2, 4]
+    (system,) = workload.systems
+    atoms = slab_structure(**system)
+    assert len(atoms) >= 2000 and atoms.pbc[:2].all()  # periodic along the surface
+    assert set(atoms.get_chemical_symbols()) == {"Cu", "C", "O"}
+    assert min(atoms.positions[-2:, 2]) > atoms.positions[:-2, 2].max()  # on top of the slab

@@ -297,3 +297,98 @@ def test_config_beyond_the_paper_plans_onto_80_gib_and_runs_narrow(capsys, oc20_
     outputs = training_step(model.train(), oc20_batch)
     assert torch.isfinite(outputs["forces"]).all()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# -- inference (`plan --inference`) --------------------------------------------------------
+
+INFERENCE_CASES = {
+    "gemnet": lambda: demo_gemnet(),  # direct forces, as GemNet-XL
+    "gemnet_dE_dpos": lambda: {**demo_gemnet(), "direct_forces": False},  # as DimeNet++-XL
+}
+
+
+@pytest.fixture(scope="module")
+def inference_traces():
+    cache = {}
+
+    def get(case: str):
+        if case not in cache:
+            cache[case] = trace_model(case.split("_")[0], INFERENCE_CASES[case](), inference=True)
+        return cache[case]
+
+    return get
+
+
+@pytest.mark.parametrize("gp", [1, 2])
+@pytest.mark.parametrize("case", list(INFERENCE_CASES))
+def test_inference_estimate_within_20_percent_of_measured_peak(
+    gloo_world, inference_traces, oc20_batch, case, gp
+):
+    """A prediction (eval mode, ``torch.no_grad()``) on two real OC20 systems, measured on
+    each of ``gp`` spawned ranks, against the planner's inference trace; with ``-dE/dpos``
+    forces the model records a graph for that pass, with a force head it records none."""
+    family, config = case.split("_")[0], INFERENCE_CASES[case]()
+    per_rank = gloo_world(gp).run(
+        measure_contender, "ours", family, config, oc20_batch, repeats=0, inference=True
+    )
+    assert all(rank["memory"]["gradients"] == 0 for rank in per_rank)
+    measured = max(rank["memory"]["activations"] for rank in per_rank)
+    graph = model_graph_size(family, build_contender("ours", family, config), oc20_batch)
+    size = GraphSize(graph["atoms"], graph["edges"], graph["triplets"], graph.get("kmax", 1))
+    trace = inference_traces(case)
+    estimate = activation_bytes(trace, widths_of(family, config), size, batch=1, gp=gp)
+    print(f"{case} gp={gp} inference: estimate {estimate / 2**20:.2f} MiB, measured "
+          f"{measured / 2**20:.2f} MiB")  # fmt: skip
+    assert len(trace.activations.phases) == 1  # one call, no loss or backward phase
+    assert abs(estimate / measured - 1) < 0.20, (estimate, measured)
+
+
+def test_inference_plan_holds_parameters_only_and_falls_with_p(capsys):
+    config = "configs/s2ef/gemnet_xl_demo.yml"
+    args = ["plan", "--inference", "--config", config, "--atoms", "2000", "--edges", "100000",
+            "--reserve", "0", "--json"]  # fmt: skip
+    assert main([*args, "--gpu-mem", "1000"]) == 0
+    roomy = json.loads(capsys.readouterr().out)
+    model = build_contender("ours", "gemnet", demo_gemnet())
+    parameters = sum(p.numel() for p in model.parameters())
+    assert roomy["parameters"] == parameters and roomy["batch_size"] == 1
+    # parameters only: no gradients, optimizer state or EMA (the training plan has them)
+    assert roomy["parameter_bytes"] == 4 * parameters and "state_bytes" not in roomy
+    assert roomy["recommended_gp"] == 1 and [r["gp_size"] for r in roomy["rows"]] == [1]
+    # direct forces record no graph under no_grad: checkpointing changes nothing, one row per P
+    assert roomy["forces"] == "direct" and not roomy["checkpointing_matters"]
+
+    one_gpu = roomy["rows"][0]["total"] / 2**30
+    assert main([*args, "--gpu-mem", f"{one_gpu * 0.3:.6f}"]) == 0
+    tight = json.loads(capsys.readouterr().out)
+    rows = tight["rows"]
+    assert [r["gp_size"] for r in rows] == [1, 2, 4]
+    for row in rows:
+        assert row["parameters"] == 4 * parameters
+        assert row["total"] == row["parameters"] + row["activations"]
+        assert row["activations"] == pytest.approx(rows[0]["activations"] / row["gp_size"])
+    assert [r["fits"] for r in rows] == [False, False, True] and tight["recommended_gp"] == 4
+
+    assert main(args[:-1] + ["--gpu-mem", f"{one_gpu * 0.3:.6f}"]) == 0  # as text
+    text = capsys.readouterr().out
+    assert "| GP size | setting | parameters per GPU | activations per GPU |" in text
+    assert "| 4 | plain (config) |" in text
+    assert text.strip().endswith("smallest GP size that fits: 4 GPUs per structure, as configured.")
+
+
+def test_inference_plan_shows_checkpointing_for_dE_dpos_forces(capsys, tmp_path):
+    """With ``-dE/dpos`` forces a prediction records the forward's graph for one backward
+    pass, so checkpointing lowers the estimate and the plan shows both settings."""
+    config = tmp_path / "conservative.yml"
+    config.write_text(f"includes:\n  - {REPO / 'configs/s2ef/gemnet_xl_demo.yml'}\n"
+                      "model:\n  direct_forces: False\n")  # fmt: skip
+    args = ["plan", "--inference", "--config", str(config), "--atoms", "2000", "--edges",
+            "100000", "--reserve", "0", "--max-gp", "2"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["forces"] == "-dE/dpos" and report["checkpointing_matters"]
+    plain, checkpointed = report["rows"][:2]
+    assert not plain["activation_checkpointing"] and checkpointed["activation_checkpointing"]
+    assert checkpointed["activations"] < 0.75 * plain["activations"]  # 3 blocks: about half
+    assert main(["plan", "--inference", "--world", "8", *args[2:]]) == 2
+    assert "--world applies to training plans" in capsys.readouterr().err

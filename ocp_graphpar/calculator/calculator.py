@@ -125,6 +125,11 @@ class GraphParallelCalculator(Calculator):
         """How often the workers searched for neighbours (each call without a kept list)."""
         return self._run(predictor.neighbour_searches)[0]
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids, by GP rank (empty once closed)."""
+        return [] if self._world is None else self._world.pids
+
     def _run(self, fn, *args, **kwargs) -> list:
         if self._world is None:
             raise WorkerError(

@@ -72,13 +72,12 @@ def model_source(
     if "model_attributes" in config:  # fairchem < 1.0 configs
         config["model_attributes"]["name"] = config.pop("model")
         config["model"] = config.pop("model_attributes")
-    model = dict(config["model"])
+    model = {**config["model"], **(model_overrides or {})}
     spec = model_spec(model["name"])
     # Our models and upstream's twins share parameter names: either loads into ours, which is
     # set to compute what the checkpoint's model computes.
     if model["name"] != spec.registry_name:
-        model.update(spec.upstream_options)
-    model.update(model_overrides or {})
+        model = {**spec.upstream_options, **model}
     model["name"] = spec.registry_name
     config["model"] = model
     config["dataset"] = [{"src": None, **_training_dataset(config.get("dataset"))}]

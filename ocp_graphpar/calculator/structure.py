@@ -10,8 +10,8 @@ from ase.constraints import FixAtoms
 
 from ocp_graphpar.errors import UserFacingError
 
-#: Cells of smaller volume (A^3) are treated as degenerate.
-_MIN_CELL_VOLUME = 1e-6
+#: Periodic lattice vectors spanning less (A, A^2 or A^3) are treated as degenerate.
+_MIN_CELL_EXTENT = 1e-6
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Structure:
         return cls(
             numbers=atoms.get_atomic_numbers(),
             positions=atoms.get_positions(),
-            cell=np.asarray(atoms.get_cell(complete=True)),
+            cell=np.asarray(atoms.get_cell()),
             pbc=np.asarray(atoms.pbc, dtype=bool),
             tags=atoms.get_tags(),
             fixed=fixed,
@@ -104,12 +104,13 @@ def check_structure(structure: Structure, *, model: ModelFacts, gp_size: int) ->
             f"element(s) with atomic number {unknown} are unknown to this {model.name}, whose "
             f"embedding covers Z = 1 .. {model.max_atomic_number}."
         )
-    if structure.pbc.any():
-        volume = abs(float(np.linalg.det(structure.cell)))
-        if volume < _MIN_CELL_VOLUME:
-            raise UserFacingError(
-                f"the cell is degenerate (volume {volume:.3g} A^3) but pbc={structure.pbc.tolist()}: "
-                "fairchem's graph needs three independent lattice vectors once any direction is "
-                "periodic. Give the structure a full cell (e.g. atoms.center(vacuum=10.0, "
-                "axis=2) for a slab), or set pbc=False for a molecule."
-            )
+    periodic = structure.cell[structure.pbc]
+    # The volume spanned by the periodic lattice vectors (a length, area or volume).
+    extent = float(np.sqrt(max(np.linalg.det(periodic @ periodic.T), 0.0))) if len(periodic) else 1
+    if extent < _MIN_CELL_EXTENT:
+        raise UserFacingError(
+            f"the cell is degenerate along its periodic directions (pbc={structure.pbc.tolist()}"
+            f", cell={structure.cell.round(3).tolist()}): each periodic direction needs its own "
+            "independent lattice vector. Give the structure a cell (e.g. atoms.center(vacuum="
+            "10.0, axis=2) for a slab), or set pbc=False along directions without one."
+        )

@@ -140,6 +140,11 @@ class WorkerWorld:
         return RankDied(rank, code)
 
     @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids, by rank."""
+        return [proc.pid for proc in self._procs]
+
+    @property
     def alive(self) -> bool:
         return bool(self._procs) and all(proc.is_alive() for proc in self._procs)
 

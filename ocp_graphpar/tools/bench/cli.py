@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ocp_graphpar.atomic import write_atomic
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.tools.bench.inference import inference_floors
 from ocp_graphpar.tools.bench.journal import Journal
 from ocp_graphpar.tools.bench.memory_report import memory_floors
 from ocp_graphpar.tools.bench.report import floors, organise, plot_all, render_markdown
@@ -55,7 +56,9 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"wrote {args.out / 'benchmarks.md'}, {results_path} and {len(plots)} plots")
     table = organise(document["results"])
     for name, entry in table.items():
-        for what, value, floor, holds in floors(entry) if entry["info"].get("floors") else []:
+        checks = floors(entry) if entry["info"].get("floors") else []
+        checks += inference_floors(entry) if entry["info"].get("inference") else []
+        for what, value, floor, holds in checks:
             print(f"  {name}: {what} = {value:.3f} (floor {floor}) {'ok' if holds else 'MISSED'}")
     plans = [record for record in document["results"] if record["kind"] == "plan"]
     for what, value, floor, holds in memory_floors(table, plans):  # issue #19

@@ -15,22 +15,38 @@ WHO = {"ours": "ours", "ours_ck": "ours with activation checkpointing"}
 def plan_check(workload, config: dict, batch, *, sizes: list[int]) -> dict:
     """The planner's activation estimate for this workload's batch at every size, to set
     beside the measured peaks: for ours as configured and, when the workload runs it, for
-    ``ours_ck`` (the planner's checkpointed trace, issue #19)."""
+    ``ours_ck`` (the planner's checkpointed trace, issue #19). An inference workload gets the
+    prediction's estimates, and also those at its config's own widths (``config_widths``)."""
+    from dataclasses import replace
+
     from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes
     from ocp_graphpar.tools.plan.trace import WIDTHS, model_graph_size, trace_model
 
-    widths = {name: config[name] for name in WIDTHS[workload.family] if name in config}
-    counts = model_graph_size(
-        workload.family, build_contender("ours", workload.family, config), batch
-    )
+    family, inference = workload.family, workload.inference
+    counts = model_graph_size(family, build_contender("ours", family, config), batch)
     graph = GraphSize(counts["atoms"], counts["edges"], counts["triplets"], counts.get("kmax", 1))
+
+    def estimates(model_config: dict) -> tuple[dict[str, float], dict, int]:
+        widths = {name: model_config[name] for name in WIDTHS[family] if name in model_config}
+        trace = trace_model(family, model_config, inference=inference)
+        per_size = {str(p): activation_bytes(trace, widths, graph, batch=1, gp=p) for p in sizes}
+        return per_size, widths, round(trace.parameters.evaluate(widths))
+
     record = {"kind": "plan_check", "workload": workload.name}
     for key, contender in (("estimates", "ours"), ("estimates_ck", "ours_ck")):
         if contender == "ours" or contender in workload.contenders:
-            trace = trace_model(workload.family, {**config, **OURS[contender]})
-            record[key] = {str(p): activation_bytes(trace, widths, graph, batch=1, gp=p)
-                           for p in sizes}  # fmt: skip
+            record[key] = estimates({**config, **OURS[contender]})[0]
+    if inference:
+        # the same graph: overrides that change the graph (cutoff, neighbours) are not undone
+        full = {**replace(workload, overrides={}).model_config(), **_graph_keys(config)}
+        per_size, widths, parameters = estimates(full)
+        record["config_widths"] = {"estimates": per_size, "widths": widths,
+                                   "parameters": parameters}  # fmt: skip
     return record
+
+
+def _graph_keys(config: dict) -> dict:
+    return {key: config[key] for key in ("cutoff", "max_neighbors", "otf_graph") if key in config}
 
 
 def plan(spec: dict) -> dict:

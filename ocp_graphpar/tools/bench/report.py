@@ -46,6 +46,8 @@ def organise(results: list[dict]) -> dict:
             entry["paired"] = record
         elif record["kind"] == "plan_check":
             entry["plan_check"] = record["estimates"]
+            if "config_widths" in record:  # inference workloads
+                entry["plan_check_config"] = record["config_widths"]
             if "estimates_ck" in record:
                 entry["plan_check_ck"] = record["estimates_ck"]
         elif record["kind"] in ("state_split", "state_world"):  # issue #19's memory records
@@ -84,13 +86,15 @@ def floors(entry: dict) -> list[tuple[str, float, float, bool]]:
 
 
 def render_markdown(results: list[dict], environment: dict, plots: dict[str, str]) -> str:
+    from ocp_graphpar.tools.bench.inference import inference_section
     from ocp_graphpar.tools.bench.memory_report import memory_section
     from ocp_graphpar.tools.bench.planning import plans_section
 
     lines = ["# Benchmarks", "", _preamble(environment), ""]
     table = organise(results)
     for name, entry in table.items():
-        lines += _workload_section(name, entry)
+        inference = entry["info"].get("inference")
+        lines += (inference_section if inference else _workload_section)(name, entry)
     plans = [record for record in results if record["kind"] == "plan"]
     lines += memory_section(table, plans)
     if plans:
@@ -287,8 +291,10 @@ def plot_all(results: list[dict], out_dir: Path) -> dict[str, str]:
 
     matplotlib.use("Agg")
     everything = organise(results)
-    # issue #19's memory workloads have a plot of their own
-    table = {name: e for name, e in everything.items() if not e["info"].get("memory")}
+    # issue #19's memory workloads have a plot of their own; inference workloads a table only
+    memory = any(e["info"].get("memory") for e in everything.values())
+    table = {name: e for name, e in everything.items()
+             if not e["info"].get("memory") and not e["info"].get("inference")}  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {}
     if table:
@@ -302,7 +308,7 @@ def plot_all(results: list[dict], out_dir: Path) -> dict[str, str]:
             table, out_dir / "step_time_vs_p.png", ("step_s",), "seconds", False, scale=1.0
         )
         plots["Load balance"] = _plot_load(table, out_dir / "load_balance.png")
-    if len(table) < len(everything):
+    if memory:
         from ocp_graphpar.tools.bench.memory_report import plot_memory
 
         plots["Per-rank memory vs P with activation checkpointing (issue #19)"] = plot_memory(

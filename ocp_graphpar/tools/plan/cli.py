@@ -1,5 +1,6 @@
 """``ocp-graphpar plan``: per-GPU memory against the GP size and the memory settings
-(activation checkpointing, sharded optimizer state), and the cheapest that fits."""
+(activation checkpointing, sharded optimizer state), and the cheapest that fits; with
+``--inference``, the memory of one prediction (parameters and activations) instead."""
 
 from __future__ import annotations
 
@@ -7,14 +8,26 @@ import argparse
 import json
 from pathlib import Path
 
+from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.plan.estimate import GIB, GraphSize, ModelState, PlanRow, plan_memory
+from ocp_graphpar.tools.plan.inference import format_inference_plan, plan_inference
 
 
 def run_plan(args: argparse.Namespace) -> int:
     """Handler of ``plan``."""
+    graph = GraphSize.from_counts(args.atoms, args.edges, args.triplets, args.kmax)
+    if args.inference:
+        if args.world is not None:
+            raise UserFacingError("--world applies to training plans (sharded optimizer state)")
+        report = plan_inference(args.config, graph, gpu_mem_gib=args.gpu_mem,
+                                reserve_gib=args.reserve, batch_size=args.batch_size,
+                                max_gp=args.max_gp)  # fmt: skip
+        text = format_inference_plan(report, args.triplets is not None)
+        print(json.dumps(report, indent=1) if args.json else text)
+        return 0
     report = plan_memory(
         args.config,
-        GraphSize.from_counts(args.atoms, args.edges, args.triplets, args.kmax),
+        graph,
         gpu_mem_gib=args.gpu_mem,
         reserve_gib=args.reserve,
         batch_size=args.batch_size,
@@ -113,13 +126,23 @@ def add_plan_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--kmax", type=int, help="longest triplet list of an edge (GemNet)")
     parser.add_argument("--gpu-mem", type=float, default=32.0, help="GiB per GPU (default 32)")
     parser.add_argument("--reserve", type=float, default=2.0, help="GiB kept free (default 2)")
-    parser.add_argument("--batch-size", type=int, help="structures per GP group (default: config)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="structures per GP group (default: the config's; with --inference, 1)",
+    )
     parser.add_argument("--max-gp", type=int, default=1024, help="largest GP size to consider")
     parser.add_argument(
         "--world",
         type=int,
         help="GPUs of the whole run (data x graph parallel) that sharded optimizer state "
         "spreads over (default: the GP size, i.e. one GP group)",
+    )
+    parser.add_argument(
+        "--inference",
+        action="store_true",
+        help="plan a prediction (energy and forces under torch.no_grad(), as fairchem's predict "
+        "mode and ASE calculators run the model): parameters and activations only",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run_plan)

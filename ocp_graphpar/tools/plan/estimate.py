@@ -220,7 +220,9 @@ def plan_memory(
     model_config = dict(config["model"])
     family = family_of(str(model_config.pop("name")))
     traces = {
-        checkpointing: _trace(family, {**model_config, "activation_checkpointing": checkpointing})
+        checkpointing: cached_trace(
+            family, {**model_config, "activation_checkpointing": checkpointing}
+        )
         for checkpointing in (False, True)
     }
     widths = {name: model_config[name] for name in WIDTHS[family] if name in model_config}
@@ -249,17 +251,17 @@ def plan_memory(
 
 
 @functools.cache
-def _cached_trace(family: str, model_config_json: str, _dtype: str) -> Trace:
-    return trace_model(family, json.loads(model_config_json))
+def _cached_trace(family: str, model_config_json: str, _dtype: str, inference: bool) -> Trace:
+    return trace_model(family, json.loads(model_config_json), inference=inference)
 
 
-def _trace(family: str, model_config: dict) -> Trace:
+def cached_trace(family: str, model_config: dict, *, inference: bool = False) -> Trace:
     """The probe's trace, once per model config (and default dtype, which sets the probe's
-    element size) in a process: each trace takes a training step."""
+    element size) in a process: each trace takes a training step (or a prediction)."""
     import torch
 
     key = json.dumps(model_config, sort_keys=True)
-    return _cached_trace(family, key, str(torch.get_default_dtype()))
+    return _cached_trace(family, key, str(torch.get_default_dtype()), inference)
 
 
 def _recommended(row: PlanRow | None) -> dict | None:

@@ -9,7 +9,8 @@ width has), a graph size (atoms, edges, triplets, the longest triplet list of an
 product of two of those, or a constant. Evaluating the symbols at the real widths and at any
 graph size gives the real model's counts; the largest moment there is the real step's peak.
 The model's settings stay as given, so a probe with ``activation_checkpointing`` traces what a
-checkpointed step keeps and recomputes.
+checkpointed step keeps and recomputes. With ``inference`` the probe runs one prediction instead
+(energy and forces under ``torch.no_grad()``, the model in eval mode, no weight gradients).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class Moments:
 @dataclass(frozen=True)
 class Peak:
     """Bytes at a training step's peak: the largest over the phases of the probe's step
-    (forward, then loss and backward) of what was live at each phase's candidate moments."""
+    (forward, then loss and backward; a prediction is one phase) of what was live at each
+    phase's candidate moments."""
 
     phases: tuple[Moments, ...]
 
@@ -94,7 +96,7 @@ class Peak:
 class Trace:
     family: str
     parameters: Formula  # element counts
-    activations: Peak  # bytes at the peak of a training step
+    activations: Peak  # bytes at the peak of a training step (or of a prediction)
     unresolved: int  # dimensions read as constants although they were not small
 
 
@@ -137,10 +139,11 @@ def precomputed_graph(family: str) -> dict:
     return dict(MODELS[family].precomputed_graph)
 
 
-def trace_model(family: str, model_config: dict) -> Trace:
-    """Trace the probe of ``model_config`` (one process, one training step, a few seconds)."""
+def trace_model(family: str, model_config: dict, *, inference: bool = False) -> Trace:
+    """Trace the probe of ``model_config`` (one process, one training step, a few seconds);
+    with ``inference``, one prediction (:func:`.measure.inference_call` of the bench)."""
     from ocp_graphpar.tools.bench.contenders import build_contender
-    from ocp_graphpar.tools.bench.measure import training_step
+    from ocp_graphpar.tools.bench.measure import inference_call, training_step
     from ocp_graphpar.tools.bench.memory import LiveTensorBytes
 
     config = {**model_config, **precomputed_graph(family)}
@@ -151,11 +154,15 @@ def trace_model(family: str, model_config: dict) -> Trace:
         graph = model_graph_size(family, narrow, batch)  # widths do not change the graph
         markers = _markers(WIDTHS[family], config, constants | set(graph.values()))
         model = build_contender("ours", family, {**config, **markers})
-    model.train()
-    for param in model.parameters():
-        param.grad = torch.zeros_like(param)
-    with LiveTensorBytes(record_shapes=True) as tracker:
-        training_step(model, batch, after_forward=tracker.mark_phase)
+    if inference:
+        with LiveTensorBytes(record_shapes=True) as tracker:
+            inference_call(model.eval(), batch)
+    else:
+        model.train()
+        for param in model.parameters():
+            param.grad = torch.zeros_like(param)
+        with LiveTensorBytes(record_shapes=True) as tracker:
+            training_step(model, batch, after_forward=tracker.mark_phase)
     widths = {value: ((name,),) for name, value in markers.items()}
     sizes = {value: ((name,),) for name, value in graph.items() if value > 0}
     sizes.setdefault(int(batch.edge_index.shape[1]), (("edges",),))  # the input graph's edges
