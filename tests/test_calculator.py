@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -226,6 +227,15 @@ def test_refuses_more_ranks_than_atoms_and_nan_positions(running):
     with pytest.raises(UserFacingError, match=r"atoms \[3\] are not finite"):
         evaluate(running, atoms)
     energy, _ = evaluate(running, slab((2, 2, 2)))  # the workers are still serving
+    assert np.isfinite(energy)
+
+
+def test_ctrl_c_reaching_the_workers_leaves_them_serving(running):
+    # A terminal's Ctrl-C signals every process of the job: the caller decides what it means.
+    for pid in running.worker_pids:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(1.0)
+    energy, _ = evaluate(running, slab((2, 2, 2)))
     assert np.isfinite(energy)
 
 

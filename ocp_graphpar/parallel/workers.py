@@ -198,6 +198,9 @@ def _serve(
 
     from ocp_graphpar.parallel.groups import setup_groups, teardown_groups
 
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides what it means
+    # and stops the workers, which would otherwise die mid-call and be reported as failures.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     device = None
     if backend == "nccl":
