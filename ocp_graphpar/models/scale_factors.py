@@ -9,7 +9,7 @@ import torch.distributed as dist
 from fairchem.core.modules.scaling.scale_factor import ScaleFactor
 from torch import nn
 
-from ocp_graphpar.parallel.groups import _world_size
+from ocp_graphpar.parallel.groups import world_size
 
 
 class GraphParallelScaleFactor(ScaleFactor):
@@ -45,7 +45,7 @@ def _global_variance(x: torch.Tensor) -> tuple[int, float]:
     """Rows over the world, and the feature-mean of the unbiased per-feature variance."""
     x = x.reshape(x.shape[0], -1).double()
     sums = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), (x * x).sum(0)])
-    if _world_size() > 1:
+    if world_size() > 1:
         dist.all_reduce(sums)
     n = int(sums[0])
     total, squares = sums[1 : 1 + x.shape[1]], sums[1 + x.shape[1] :]

@@ -28,18 +28,20 @@ def gp_rank() -> int:
 
 
 def dp_size() -> int:
-    return gp_utils.get_dp_world_size() if gp_utils.initialized() else _world_size()
+    return gp_utils.get_dp_world_size() if gp_utils.initialized() else world_size()
 
 
 def dp_rank() -> int:
-    return gp_utils.get_dp_rank() if gp_utils.initialized() else _world_rank()
+    return gp_utils.get_dp_rank() if gp_utils.initialized() else world_rank()
 
 
-def _world_size() -> int:
+def world_size() -> int:
+    """Ranks of the default process group (1 without torch.distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _world_rank() -> int:
+def world_rank() -> int:
+    """This rank in the default process group (0 without torch.distributed)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 

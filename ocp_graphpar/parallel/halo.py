@@ -31,10 +31,6 @@ class Halo:
     def num_recv(self) -> int:
         return sum(self.recv_counts)
 
-    @property
-    def num_send(self) -> int:
-        return sum(self.send_counts)
-
     def to(self, device: torch.device) -> Halo:
         """The halo with its index tensors on ``device``."""
         return replace(
@@ -57,18 +53,6 @@ class Halo:
             ``(n_recv, *F)``; the gradient flows back to the owners (the reverse exchange).
         """
         return all_to_all(owned[self.send_index], self.send_counts, self.recv_counts)
-
-    def reverse(self, received: Tensor, num_owned: int) -> Tensor:
-        """The adjoint of :meth:`exchange`: send halo rows back and sum them into their owners.
-
-        Args:
-            received: ``(n_recv, *F)`` values attached to halo rows.
-        Returns:
-            ``(num_owned, *F)`` sums over every peer's rows for each owned row.
-        """
-        back = all_to_all(received, self.recv_counts, self.send_counts)
-        out = back.new_zeros((num_owned, *back.shape[1:]))
-        return out.index_add(0, self.send_index, back)
 
 
 def empty_halo(*, device: torch.device) -> Halo:

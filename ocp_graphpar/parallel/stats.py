@@ -41,10 +41,6 @@ class CommStats:
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {kind: {"calls": self.calls[kind], "bytes": self.bytes[kind]} for kind in self.calls}
 
-    def reset(self) -> None:
-        self.calls.clear()
-        self.bytes.clear()
-
 
 _ACTIVE = CommStats()
 

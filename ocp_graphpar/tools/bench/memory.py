@@ -15,7 +15,6 @@ import contextlib
 import weakref
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -138,21 +137,6 @@ def tensor_bytes(tensors) -> int:
             storage = tensor.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
-
-
-@dataclass
-class StepMemory:
-    """Per-rank bytes of one training step. ``activations`` is the peak the step adds."""
-
-    parameters: int
-    gradients: int
-    activations: int
-    optimizer: int = 0
-    ema: int = 0
-
-    @property
-    def peak(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.ema + self.activations
 
 
 @contextlib.contextmanager
