@@ -2,7 +2,7 @@
 
 Runs ``ocp-graphpar demo`` twice with its defaults: on the embedded EMT set, and with ``--data``
 on EMT trajectories of other systems (fcc(110) slabs, 800 K MD then relaxation, written by
-``tests/emt_trajectories.py``). Reads each ``summary.json`` and writes
+``tests/helpers/emt_trajectories.py``). Reads each ``summary.json`` and writes
 ``docs/demo_recipe.{md,json}``: held-out force MAE against predicting zero forces, energy MAE
 against the per-element reference energy, force cosine, beside the floors::
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "demo_recipe")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     args = parser.parse_args(argv)
-    from emt_trajectories import write_trajectories
+    from helpers.emt_trajectories import write_trajectories
 
     trajectories = args.work / "trajectories"
     write_trajectories(trajectories, 16)

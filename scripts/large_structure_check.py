@@ -35,7 +35,7 @@ from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from calculator_cases import slab, write_checkpoint  # noqa: E402
+from helpers.calculator_cases import slab, write_checkpoint  # noqa: E402
 
 from ocp_graphpar.calculator import GraphParallelCalculator  # noqa: E402
 from ocp_graphpar.tools.simulate.trajectory import RECORD_KEY  # noqa: E402

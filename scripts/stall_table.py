@@ -1,5 +1,5 @@
 """Host-stalling and ATen operators per training step at P = 1, ours against upstream, on 1, 2
-and 4 held-out OC20 systems -> docs/stalls.md (the counts tests/test_stalls.py holds).
+and 4 held-out OC20 systems -> docs/stalls.md (the counts tests/runtime/test_stalls.py holds).
 
 Counted on CPU with ``ocp_graphpar.tools.bench.stalls.StallCounter`` (what would make a CUDA
 stream wait for the host); the models are the tests' tiny ones, GemNet with GemNet-XL's blocks
@@ -16,10 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import dimenet_cases  # noqa: E402
-import gemnet_cases  # noqa: E402
-import painn_cases  # noqa: E402
-from stall_cases import GEMNET_XL_LAYERS, count_step, held_out_batch  # noqa: E402
+from helpers import dimenet_cases, gemnet_cases, painn_cases  # noqa: E402
+from helpers.stall_cases import GEMNET_XL_LAYERS, count_step, held_out_batch  # noqa: E402
 
 from ocp_graphpar.atomic import write_atomic  # noqa: E402
 

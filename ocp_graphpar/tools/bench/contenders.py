@@ -100,13 +100,6 @@ def _upstream_class(name: str, spec) -> type[torch.nn.Module]:
 
 @contextlib.contextmanager
 def running(name: str) -> Iterator[None]:
-    """What must hold while contender ``name`` is built and runs: float32 as the default dtype
-    (contenders run in float32, and upstream models make tensors in the default dtype, which
-    a float64 test may have left set in a reused process), and upstream's GP alias."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        with upstream_gp_alias() if name == "gp_gemnet_t" else contextlib.nullcontext():
-            yield
-    finally:
-        torch.set_default_dtype(previous)
+    """What must hold while contender ``name`` is built and runs: upstream's GP alias."""
+    with upstream_gp_alias() if name == "gp_gemnet_t" else contextlib.nullcontext():
+        yield
