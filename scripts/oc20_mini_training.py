@@ -99,9 +99,16 @@ def fairchem(
     from ocp_graphpar.tools.demo.launcher import fairchem_command, run_streamed
 
     command = fairchem_command(
-        mode, CONFIG, run_dir, ranks=2, gp_ranks=2, print_every=10, timestamp_id="oc20_mini",
-        checkpoint=checkpoint, overrides=overrides,
-    )  # fmt: skip
+        mode,
+        CONFIG,
+        run_dir,
+        ranks=2,
+        gp_ranks=2,
+        print_every=10,
+        timestamp_id="oc20_mini",
+        checkpoint=checkpoint,
+        overrides=overrides,
+    )
     run_streamed(command, cwd=REPO)
 
 

@@ -86,8 +86,11 @@ def rendezvous_address(hosts: list[str]) -> str:
     try:
         node = subprocess.run(
             ["scontrol", "-o", "show", "node", hosts[0]],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return hosts[0]
     found = re.search(r"\bNodeAddr=(\S+)", node)

@@ -29,8 +29,12 @@ from ase.optimize import BFGS
 from ocp_graphpar.tools.data.emt_frames import labelled
 
 METALS = ("Cu", "Pd", "Pt", "Ag")
-ADSORBATES = {"H": [("H", 0.0)], "O": [("O", 0.0)], "C": [("C", 0.0)],
-              "OH": [("O", 0.0), ("H", 0.97)]}  # fmt: skip
+ADSORBATES = {
+    "H": [("H", 0.0)],
+    "O": [("O", 0.0)],
+    "C": [("C", 0.0)],
+    "OH": [("O", 0.0), ("H", 0.97)],
+}
 SITES = ("ontop", "longbridge", "shortbridge", "hollow")
 TEMPERATURE_K = 800.0
 

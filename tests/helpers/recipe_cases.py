@@ -7,15 +7,26 @@ from helpers.ocp_trainer import build_trainer, load_repo_config, train_step
 #: Small widths of the two architectures, for configs that are XL-wide.
 SMALL_WIDTHS = {
     "GemNetXL": {
-        "num_blocks": 2, "emb_size_atom": 16, "emb_size_edge": 32, "emb_size_trip": 8,
-        "emb_size_rbf": 4, "emb_size_cbf": 4, "emb_size_bil_trip": 8, "num_radial": 8,
-        "num_atom": 1, "num_after_skip": 1,
+        "num_blocks": 2,
+        "emb_size_atom": 16,
+        "emb_size_edge": 32,
+        "emb_size_trip": 8,
+        "emb_size_rbf": 4,
+        "emb_size_cbf": 4,
+        "emb_size_bil_trip": 8,
+        "num_radial": 8,
+        "num_atom": 1,
+        "num_after_skip": 1,
     },
     "DimeNetPPXL": {
-        "hidden_channels": 32, "out_emb_channels": 32, "int_emb_size": 16, "basis_emb_size": 4,
-        "num_blocks": 2, "num_radial": 6,
+        "hidden_channels": 32,
+        "out_emb_channels": 32,
+        "int_emb_size": 16,
+        "basis_emb_size": 4,
+        "num_blocks": 2,
+        "num_radial": 6,
     },
-}  # fmt: skip
+}
 
 
 def small(config_name: str, overrides: dict) -> dict:
@@ -23,8 +34,13 @@ def small(config_name: str, overrides: dict) -> dict:
     model = load_repo_config(config_name)["model"]["name"].rsplit(".", 1)[-1]
     merged = {**overrides}
     merged["model"] = {**SMALL_WIDTHS[model], **overrides.get("model", {})}
-    merged["optim"] = {"num_workers": 0, "max_epochs": 1, "batch_size": 2, "eval_batch_size": 2,
-                       **overrides.get("optim", {})}  # fmt: skip
+    merged["optim"] = {
+        "num_workers": 0,
+        "max_epochs": 1,
+        "batch_size": 2,
+        "eval_batch_size": 2,
+        **overrides.get("optim", {}),
+    }
     return merged
 
 

@@ -45,9 +45,15 @@ def s2ef_data(data: Path) -> list[str]:
 
 def train(config: str, data: Path, run_dir: Path, *launch: str) -> tuple[Path, str]:
     log = fairchem(
-        "--mode", "train", "--config-yml", config, *launch, *s2ef_data(data),
-        "--optim.max_epochs=1", run_dir=run_dir,
-    )  # fmt: skip
+        "--mode",
+        "train",
+        "--config-yml",
+        config,
+        *launch,
+        *s2ef_data(data),
+        "--optim.max_epochs=1",
+        run_dir=run_dir,
+    )
     assert "Evaluating on val" in log and "forces_mae" in log
     [checkpoint] = run_dir.glob("checkpoints/*/checkpoint.pt")
     return checkpoint, log
@@ -58,11 +64,18 @@ def predict(
 ) -> dict:
     """Predictions for ``data/s2ef/val`` as the test split; ``only_test``: no other split given."""
     fairchem(
-        "--mode", "predict", "--config-yml", config, *launch,
+        "--mode",
+        "predict",
+        "--config-yml",
+        config,
+        *launch,
         *([] if only_test else s2ef_data(data)),
-        f"--dataset.test.src={data / 's2ef' / 'val'}", "--checkpoint", str(checkpoint),
-        "--task.prediction_dtype=float32", run_dir=run_dir,
-    )  # fmt: skip
+        f"--dataset.test.src={data / 's2ef' / 'val'}",
+        "--checkpoint",
+        str(checkpoint),
+        "--task.prediction_dtype=float32",
+        run_dir=run_dir,
+    )
     [predictions] = run_dir.glob("results/*/*_predictions.npz")
     with np.load(predictions) as result:
         return dict(result)
@@ -94,12 +107,18 @@ def relaxations(tiny_dataset, gemnet_checkpoint, tmp_path_factory) -> tuple[Path
     """``relaxed_positions.npz`` of the 4 validation systems, relaxed at gp 2, and the log."""
     run_dir = tmp_path_factory.mktemp("relax")
     log = fairchem(
-        "--mode", "run-relaxations", "--config-yml", "configs/is2rs/gemnet_xl_demo.yml",
-        *ranks(2, 2), *s2ef_data(tiny_dataset),
+        "--mode",
+        "run-relaxations",
+        "--config-yml",
+        "configs/is2rs/gemnet_xl_demo.yml",
+        *ranks(2, 2),
+        *s2ef_data(tiny_dataset),
         f"--dataset.relax.src={tiny_dataset / 'is2rs' / 'val'}",
-        "--checkpoint", str(gemnet_checkpoint), "--task.relaxation_steps=10",
+        "--checkpoint",
+        str(gemnet_checkpoint),
+        "--task.relaxation_steps=10",
         run_dir=run_dir,
-    )  # fmt: skip
+    )
     [relaxed] = run_dir.glob("results/*/relaxed_positions.npz")
     return relaxed, log
 

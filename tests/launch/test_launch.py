@@ -19,9 +19,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def fairchem_refuses(*flags: str) -> str:
     command = [
-        str(REPO / ".venv" / "bin" / "fairchem"), "--mode", "train",
-        "--config-yml", "configs/s2ef/gemnet_xl_demo.yml", "--cpu", *flags,
-    ]  # fmt: skip
+        str(REPO / ".venv" / "bin" / "fairchem"),
+        "--mode",
+        "train",
+        "--config-yml",
+        "configs/s2ef/gemnet_xl_demo.yml",
+        "--cpu",
+        *flags,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -99,9 +99,12 @@ def two_nodes():
     processes: set[int] = set()
     try:
         subprocess.run(
-            ["bash", str(SCRIPTS / "start_local_slurm.sh")], env={**os.environ, "SLURM_NODES": "2"},
-            check=True, stdin=subprocess.DEVNULL, timeout=900,
-        )  # fmt: skip
+            ["bash", str(SCRIPTS / "start_local_slurm.sh")],
+            env={**os.environ, "SLURM_NODES": "2"},
+            check=True,
+            stdin=subprocess.DEVNULL,
+            timeout=900,
+        )
         processes = cluster_processes()
         os.environ["PATH"] = f"{SLURM_DIR / 'bin'}{os.pathsep}{path}"  # sacct stand-in for submitit
         yield
@@ -124,11 +127,31 @@ def dataset(tmp_path_factory):
 def submit(mode: str, data: Path, out: Path, *flags: str) -> str:
     """Submit a 2-node x 2-task GP job of ``mode``; returns its SLURM job id."""
     command = [
-        str(FAIRCHEM), "--mode", mode, "--config-yml", CONFIG, "--cpu", "--submit",
-        "--num-nodes", "2", "--num-gpus", "2", "--gp-gpus", "2", "--slurm-mem", "4",
-        "--slurm-timeout", "1", "--run-dir", str(out / "run"), "--logdir", str(out / "jobs"),
-        "--identifier", f"two-nodes-{mode}", *flags,
-    ]  # fmt: skip
+        str(FAIRCHEM),
+        "--mode",
+        mode,
+        "--config-yml",
+        CONFIG,
+        "--cpu",
+        "--submit",
+        "--num-nodes",
+        "2",
+        "--num-gpus",
+        "2",
+        "--gp-gpus",
+        "2",
+        "--slurm-mem",
+        "4",
+        "--slurm-timeout",
+        "1",
+        "--run-dir",
+        str(out / "run"),
+        "--logdir",
+        str(out / "jobs"),
+        "--identifier",
+        f"two-nodes-{mode}",
+        *flags,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return re.search(r"Submitted jobs: (\S+)", done.stdout + done.stderr).group(1)
@@ -171,10 +194,15 @@ def trained(two_nodes, dataset, tmp_path_factory):
     """One training epoch of the 2-node job: its output folder and per-task logs."""
     out = tmp_path_factory.mktemp("train2n")
     job_id = submit(
-        "train", dataset, out, "--print-every", "1", "--optim.max_epochs=1",
+        "train",
+        dataset,
+        out,
+        "--print-every",
+        "1",
+        "--optim.max_epochs=1",
         f"--dataset.train.src={dataset / 's2ef' / 'train'}",
         f"--dataset.val.src={dataset / 's2ef' / 'val'}",
-    )  # fmt: skip
+    )
     return out, finish(job_id, out)
 
 
@@ -183,8 +211,10 @@ def test_two_nodes_with_their_own_hostnames_and_addresses(two_nodes):
     assert nodes.stdout.strip() == "2"
     step = subprocess.run(
         ["srun", "-N2", "--ntasks-per-node=1", "-l", "sh", "-c", "echo $(hostname) $(hostname -I)"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert step.returncode == 0, step.stderr
     lines = sorted(step.stdout.splitlines())
     assert lines == [
@@ -203,9 +233,14 @@ def test_graph_parallel_inside_nodes_data_parallel_across(trained):
 def test_predictions_from_two_nodes(trained, dataset, tmp_path):
     [checkpoint] = (trained[0] / "run").glob("checkpoints/*/checkpoint.pt")
     job_id = submit(
-        "predict", dataset, tmp_path, f"--dataset.test.src={dataset / 's2ef' / 'val'}",
-        "--checkpoint", str(checkpoint), "--task.prediction_dtype=float32",
-    )  # fmt: skip
+        "predict",
+        dataset,
+        tmp_path,
+        f"--dataset.test.src={dataset / 's2ef' / 'val'}",
+        "--checkpoint",
+        str(checkpoint),
+        "--task.prediction_dtype=float32",
+    )
     check_placement(finish(job_id, tmp_path))
     [predictions] = (tmp_path / "run").glob("results/*/*_predictions.npz")
     frames = json.loads((dataset / "dataset.json").read_text())["splits"]["s2ef/val"]["samples"]

@@ -51,10 +51,17 @@ def test_predict_reads_only_the_test_split(released_predictions):
 
 def test_relaxations_read_only_the_relax_split(released, released_checkpoint, tmp_path):
     log = fairchem(
-        "--mode", "run-relaxations", "--config-yml", "configs/is2rs/gemnet_xl_demo.yml",
-        *ranks(2, 2), f"--dataset.relax.src={released / 'is2rs' / 'val'}",
-        "--checkpoint", str(released_checkpoint), "--task.relaxation_steps=5", run_dir=tmp_path,
-    )  # fmt: skip
+        "--mode",
+        "run-relaxations",
+        "--config-yml",
+        "configs/is2rs/gemnet_xl_demo.yml",
+        *ranks(2, 2),
+        f"--dataset.relax.src={released / 'is2rs' / 'val'}",
+        "--checkpoint",
+        str(released_checkpoint),
+        "--task.relaxation_steps=5",
+        run_dir=tmp_path,
+    )
     assert "positions_average_distance_within_threshold" in log  # IS2RS metrics
     assert "energy_within_threshold" in log  # IS2RE metrics of the relaxed energy
     [relaxed] = tmp_path.glob("results/*/relaxed_positions.npz")
@@ -76,11 +83,24 @@ def test_bad_folder_stops_the_cli_before_any_rank(kind, released, tmp_path):
     folder = bad_folder(kind, released, ours_data, tmp_path)
     started = time.monotonic()
     done = subprocess.run(
-        [str(FAIRCHEM), "--mode", "train", "--config-yml", GEMNET, "--cpu", *ranks(2, 2),
-         f"--dataset.train.src={folder}", f"--dataset.val.src={released / 's2ef' / 'val'}",
-         "--run-dir", str(tmp_path / "run")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(FAIRCHEM),
+            "--mode",
+            "train",
+            "--config-yml",
+            GEMNET,
+            "--cpu",
+            *ranks(2, 2),
+            f"--dataset.train.src={folder}",
+            f"--dataset.val.src={released / 's2ef' / 'val'}",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Running in local mode" not in done.stderr + done.stdout  # no rank was started
     assert "Traceback" not in done.stderr

@@ -40,9 +40,11 @@ def ours(tmp_path_factory) -> Path:
     root = require_oc20_mini()
     out = tmp_path_factory.mktemp("ours") / "data"
     trajectories_to_lmdbs(
-        [root / f"{name}.traj" for name in TRAIN + VAL], out, val_fraction=0.5,
+        [root / f"{name}.traj" for name in TRAIN + VAL],
+        out,
+        val_fraction=0.5,
         progress=False,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -57,8 +59,11 @@ def first_raw(path: Path) -> object:
 def test_fixture_is_the_released_layout(released):
     train = released / "s2ef" / "train"
     assert sorted(p.name for p in train.iterdir() if not p.name.endswith("-lock")) == [
-        "data.0000.lmdb", "data.0001.lmdb", "data_log.0000.txt", "data_log.0001.txt",
-    ]  # fmt: skip
+        "data.0000.lmdb",
+        "data.0001.lmdb",
+        "data_log.0000.txt",
+        "data_log.0001.txt",
+    ]
     raw = first_raw(train / "data.0000.lmdb")
     assert "_store" not in raw.__dict__  # pickled as PyG 1.x did
     assert {"y", "force", "edge_index", "cell_offsets", "neighbors", "tags", "sid", "fid"} <= set(
@@ -156,9 +161,14 @@ def bad_folder(kind: str, released: Path, ours: Path, root: Path) -> Path:
         (folder / "README.txt").write_text("not data\n")
     elif kind == "unknown_keys":
         folder.mkdir()
-        fields = {"atomic_numbers": torch.ones(2), "pos": torch.zeros(2, 3),
-                  "cell": torch.eye(3)[None], "natoms": 2, "total_energy": -1.0,
-                  "gradient": torch.zeros(2, 3)}  # fmt: skip
+        fields = {
+            "atomic_numbers": torch.ones(2),
+            "pos": torch.zeros(2, 3),
+            "cell": torch.eye(3)[None],
+            "natoms": 2,
+            "total_energy": -1.0,
+            "gradient": torch.zeros(2, 3),
+        }
         write_lmdb_file(folder / "data.lmdb", [pyg1_pickle(fields)])
     elif kind == "mixed":
         folder.mkdir()
@@ -176,20 +186,31 @@ def bad_folder(kind: str, released: Path, ours: Path, root: Path) -> Path:
 BAD = {
     "empty": ["hold no samples", "data.0000.lmdb"],
     "no_lmdb": ["holds no .lmdb files", "README.txt"],
-    "unknown_keys": ["Keys found: atomic_numbers, cell, gradient, natoms, pos, total_energy",
-                     "Keys expected: ocp-graphpar: energy, forces", "OC20 released: y, force"],
-    "mixed": ["mixes sample layouts", "OC20 released: data.0000.lmdb",
-              "ocp-graphpar: data.0001.lmdb"],
+    "unknown_keys": [
+        "Keys found: atomic_numbers, cell, gradient, natoms, pos, total_energy",
+        "Keys expected: ocp-graphpar: energy, forces",
+        "OC20 released: y, force",
+    ],
+    "mixed": [
+        "mixes sample layouts",
+        "OC20 released: data.0000.lmdb",
+        "ocp-graphpar: data.0001.lmdb",
+    ],
     "nan_energy": ["sample 2 of", "non-finite values in y"],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_bad_folders_are_refused_by_name(kind, released, ours, tmp_path):
     folder = bad_folder(kind, released, ours, tmp_path)
-    config = {"mode": "train", "outputs": {"energy": {}, "forces": {}}, "dataset": {
-        "train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": str(folder)},
-        "val": {"src": str(released / "s2ef" / "val")}}}  # fmt: skip
+    config = {
+        "mode": "train",
+        "outputs": {"energy": {}, "forces": {}},
+        "dataset": {
+            "train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": str(folder)},
+            "val": {"src": str(released / "s2ef" / "val")},
+        },
+    }
     with pytest.raises(UserFacingError) as error:
         prepare_datasets(config)
     message = str(error.value)
@@ -204,9 +225,15 @@ def test_a_test_split_needs_no_targets_but_a_training_split_does(released, tmp_p
     raw = first_raw(released / "s2ef" / "val" / "data.0000.lmdb").__dict__
     unlabelled = {k: v for k, v in raw.items() if v is not None and k not in ("y", "force")}
     write_lmdb_file(folder / "data.0000.lmdb", [pyg1_pickle(unlabelled)])
-    predict = {"mode": "predict", "outputs": {"energy": {}, "forces": {}}, "dataset": {
-        "train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": "data/nowhere"},
-        "val": {"src": "data/nowhere"}, "test": {"src": str(folder)}}}  # fmt: skip
+    predict = {
+        "mode": "predict",
+        "outputs": {"energy": {}, "forces": {}},
+        "dataset": {
+            "train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": "data/nowhere"},
+            "val": {"src": "data/nowhere"},
+            "test": {"src": str(folder)},
+        },
+    }
     prepared = prepare_datasets(predict)["dataset"]
     assert "src" not in prepared["train"] and "val" not in prepared
     assert prepared["train"]["format"].endswith("OC20LmdbDataset")
@@ -219,8 +246,11 @@ def test_a_test_split_needs_no_targets_but_a_training_split_does(released, tmp_p
 
 
 def test_each_mode_needs_its_own_split():
-    config = {"mode": "run-relaxations", "outputs": {}, "dataset": {
-        "train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": "x"}}}  # fmt: skip
+    config = {
+        "mode": "run-relaxations",
+        "outputs": {},
+        "dataset": {"train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": "x"}},
+    }
     with pytest.raises(UserFacingError, match=r"--dataset\.relax\.src=FOLDER"):
         prepare_datasets(config)
 
@@ -243,9 +273,20 @@ def test_released_energies_are_referenced_like_adsorption_energies(released):
 
 def test_a_mode_without_training_data_takes_fitted_normalizers_from_the_checkpoint(released):
     fitted = {"fit": {"targets": {"energy": {}, "forces": {"mean": 0.0}}, "batch_size": 32}}
-    config = {"mode": "predict", "outputs": {}, "dataset": {
-        "train": {"format": "ocp_graphpar.datasets.OC20LmdbDataset", "src": "x", "transforms": {
-            "normalizer": fitted, "element_references": {**fitted, "file": "refs.npz"}}},
-        "test": {"src": str(released / "s2ef" / "val")}}}  # fmt: skip
+    config = {
+        "mode": "predict",
+        "outputs": {},
+        "dataset": {
+            "train": {
+                "format": "ocp_graphpar.datasets.OC20LmdbDataset",
+                "src": "x",
+                "transforms": {
+                    "normalizer": fitted,
+                    "element_references": {**fitted, "file": "refs.npz"},
+                },
+            },
+            "test": {"src": str(released / "s2ef" / "val")},
+        },
+    }
     transforms = prepare_datasets(config)["dataset"]["train"]["transforms"]
     assert transforms == {"element_references": {"file": "refs.npz"}}

@@ -46,11 +46,24 @@ def dataset(tmp_path_factory):
 
 def fairchem_train(data: Path, run_dir: Path, *flags: str) -> str:
     command = [
-        str(FAIRCHEM), "--mode", "train", "--config-yml", CONFIG, "--cpu",
-        "--num-gpus", "2", "--gp-gpus", "2", "--run-dir", str(run_dir), "--print-every", "1",
+        str(FAIRCHEM),
+        "--mode",
+        "train",
+        "--config-yml",
+        CONFIG,
+        "--cpu",
+        "--num-gpus",
+        "2",
+        "--gp-gpus",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--print-every",
+        "1",
         f"--dataset.train.src={data / 's2ef' / 'train'}",
-        f"--dataset.val.src={data / 's2ef' / 'val'}", *flags,
-    ]  # fmt: skip
+        f"--dataset.val.src={data / 's2ef' / 'val'}",
+        *flags,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
@@ -59,9 +72,19 @@ def fairchem_train(data: Path, run_dir: Path, *flags: str) -> str:
 def submit(data: Path, tmp_path: Path, *flags: str) -> str:
     """Submit a 2-task GP training job; returns its SLURM job id."""
     log = fairchem_train(
-        data, tmp_path / "run", "--submit", "--slurm-mem", "4", "--slurm-timeout", "1",
-        "--logdir", str(tmp_path / "jobs"), "--identifier", "gp-slurm", *flags,
-    )  # fmt: skip
+        data,
+        tmp_path / "run",
+        "--submit",
+        "--slurm-mem",
+        "4",
+        "--slurm-timeout",
+        "1",
+        "--logdir",
+        str(tmp_path / "jobs"),
+        "--identifier",
+        "gp-slurm",
+        *flags,
+    )
     return re.search(r"Submitted jobs: (\S+)", log).group(1)
 
 

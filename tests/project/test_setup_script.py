@@ -26,8 +26,11 @@ def setup_env(venv: Path, **env: str) -> subprocess.CompletedProcess:
     base.update(PYTHON=sys.executable, VENV=str(venv), SETUP_DRY_RUN="1", **env)
     return subprocess.run(
         ["bash", str(ROOT / "scripts" / "setup_env.sh")],
-        env=base, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def planned(result: subprocess.CompletedProcess, what: str) -> list[str]:

@@ -284,9 +284,14 @@ def test_plan_moves_every_index_tensor_to_the_device():
 
     graph = oc20_batch(2)
     plan = build_partition(
-        graph.batch, graph.pos, graph.cell, graph.edge_index, size=2, rank=1,
+        graph.batch,
+        graph.pos,
+        graph.cell,
+        graph.edge_index,
+        size=2,
+        rank=1,
         reverse_edge=graph.reverse_edge,
-    )  # fmt: skip
+    )
     moved = plan.to(torch.device("meta"))
     for f in fields(moved):
         value = getattr(moved, f.name)

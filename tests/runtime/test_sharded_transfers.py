@@ -127,8 +127,11 @@ def test_checkpoint_load_maps_the_file_and_copies_only_this_ranks_share(tmp_path
 
 def test_legacy_checkpoint_is_read_whole_with_a_reason(tmp_path, caplog):
     path = tmp_path / "legacy.pt"
-    torch.save({"state_dict": {"w": torch.arange(6.0)}, "step": 3}, path,
-               _use_new_zipfile_serialization=False)  # fmt: skip
+    torch.save(
+        {"state_dict": {"w": torch.arange(6.0)}, "step": 3},
+        path,
+        _use_new_zipfile_serialization=False,
+    )
     with caplog.at_level(logging.WARNING):
         checkpoint = read_checkpoint(path)
     assert checkpoint["step"] == 3 and torch.equal(checkpoint["state_dict"]["w"], torch.arange(6.0))
@@ -139,9 +142,13 @@ def test_legacy_checkpoint_is_read_whole_with_a_reason(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     ("optim", "expected"),
-    [({}, 25 * 2**20), ({"shard_bucket_mb": 50}, 50 * 2**20),
-     ({"shard_bucket_mb": 0.5}, 2**19), ({"shard_bucket_mb": 1e-9}, 1)],
-)  # fmt: skip
+    [
+        ({}, 25 * 2**20),
+        ({"shard_bucket_mb": 50}, 50 * 2**20),
+        ({"shard_bucket_mb": 0.5}, 2**19),
+        ({"shard_bucket_mb": 1e-9}, 1),
+    ],
+)
 def test_bucket_size_setting(optim, expected):
     assert shard_bucket_bytes(optim) == expected
 

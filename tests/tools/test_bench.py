@@ -134,8 +134,13 @@ def test_bench_measures_what_the_design_promises(small_suite):
     document = json.loads((small_suite.out / "benchmarks" / "results.json").read_text())
     entry = organise(document["results"])["tiny"]
     runs = entry["runs"]
-    assert set(runs) == {("ours", 1), ("gp_gemnet_t", 1), ("gemnet_t", 1), ("ours", 2),
-                         ("gp_gemnet_t", 2)}  # fmt: skip
+    assert set(runs) == {
+        ("ours", 1),
+        ("gp_gemnet_t", 1),
+        ("gemnet_t", 1),
+        ("ours", 2),
+        ("gp_gemnet_t", 2),
+    }
     assert total(runs["ours", 1], "comm", "bytes") == 0
     assert (
         0 < total(runs["ours", 2], "comm", "bytes") < total(runs["gp_gemnet_t", 2], "comm", "bytes")
@@ -187,8 +192,10 @@ def test_the_shipped_suite_names_real_configs_and_contenders():
         assert families[model] == workload.family
         assert set(workload.paired_timing) <= set(workload.contenders)
         # OC20 frames, or the recipe of a built slab (inference workloads)
-        assert all(isinstance(s, dict) or s.startswith("../shared/data/oc20_mini/")
-                   for s in workload.systems)  # fmt: skip
+        assert all(
+            isinstance(s, dict) or s.startswith("../shared/data/oc20_mini/")
+            for s in workload.systems
+        )
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +232,7 @@ def memory_suite(tmp_path_factory):
                 "edges": 50000,
                 "gpu_mem_gib": 32,
             }
-        ],  # fmt: skip
+        ],
     }
     (folder / "suite.yml").write_text(yaml.safe_dump(suite))
     out = folder / "docs"
@@ -296,17 +303,29 @@ def test_the_shipped_suite_has_issue_19_memory_workloads():
 
     suite = load_suite(REPO / "configs" / "bench" / "default.yml")
     memory = {w.name: w for w in suite.workloads if w.memory}
-    assert set(memory) == {"memory_gemnet", "memory_gemnet_conservative", "memory_gemnet_xl",
-                           "memory_dimenetpp"}  # fmt: skip
+    assert set(memory) == {
+        "memory_gemnet",
+        "memory_gemnet_conservative",
+        "memory_gemnet_xl",
+        "memory_dimenetpp",
+    }
     upstream = {"gemnet": "gemnet_t", "dimenet": "dimenetplusplus"}
     for workload in memory.values():
         assert workload.contenders == [upstream[workload.family], "ours", "ours_ck"]
-        assert [workload.runs_at(p) for p in (1, 2, 4)] == [workload.contenders, ["ours_ck"],
-                                                            ["ours_ck"]]  # fmt: skip
+        assert [workload.runs_at(p) for p in (1, 2, 4)] == [
+            workload.contenders,
+            ["ours_ck"],
+            ["ours_ck"],
+        ]
         assert workload.repeats == 0 and workload.memory["world"] == 4 and workload.tiny_overrides
     issue = memory["memory_gemnet"].model_config()
-    assert (issue["emb_size_atom"], issue["emb_size_edge"], issue["emb_size_trip"],
-            issue["emb_size_bil_trip"], issue["num_blocks"]) == (64, 512, 128, 64, 6)  # fmt: skip
+    assert (
+        issue["emb_size_atom"],
+        issue["emb_size_edge"],
+        issue["emb_size_trip"],
+        issue["emb_size_bil_trip"],
+        issue["num_blocks"],
+    ) == (64, 512, 128, 64, 6)
     assert memory["memory_gemnet_conservative"].model_config()["direct_forces"] is False
     assert memory["memory_gemnet_xl"].model_config()["emb_size_edge"] == 1536
     assert memory["memory_gemnet"].paired_timing == ["ours", "ours_ck"]
@@ -323,8 +342,14 @@ def test_a_run_whose_rank_dies_is_reported_and_the_suite_goes_on(monkeypatch):
     def job(key, fn, args, record):
         return bench_suite._Job(2, key, "f", " ".join(map(str, key)), fn, args, record)
 
-    probe = {"kind": "workload", "description": "d", "config": "c", "atoms": 1, "edges": 0,
-             "systems": []}  # fmt: skip
+    probe = {
+        "kind": "workload",
+        "description": "d",
+        "config": "c",
+        "atoms": 1,
+        "edges": 0,
+        "systems": [],
+    }
     dies = job(("run", "tiny", "ours", 2), os._exit, (3,), None)
     answers = job(("probe", "tiny"), os.getpid, (), lambda pids, _: {**probe, "pids": pids})
     monkeypatch.setattr(bench_suite, "_jobs", lambda *_: [dies, answers])
@@ -332,8 +357,9 @@ def test_a_run_whose_rank_dies_is_reported_and_the_suite_goes_on(monkeypatch):
     assert failed["kind"] == "failed" and failed["contender"] == "ours" and failed["size"] == 2
     assert "exited with code 3" in failed["reason"]
     assert len(set(after["pids"])) == 2  # a fresh world of two live ranks answered
-    markdown = render_markdown([after | {"workload": "tiny"}, failed], {"command": "c",
-                               "machine": "m"}, {})  # fmt: skip
+    markdown = render_markdown(
+        [after | {"workload": "tiny"}, failed], {"command": "c", "machine": "m"}, {}
+    )
     assert "* ocp-graphpar at P = 2: rank" in markdown
 
 
@@ -398,8 +424,9 @@ def test_inference_report_has_the_floors_and_the_runs(inference_suite):
     assert "| per-rank activation peak of a prediction, P=2 / P=1 |" in section
     assert "| ocp-graphpar | 2 |" in section and "| upstream gemnet_t | 1 |" in section
     assert "memory_vs_p.png" not in markdown  # inference workloads have no training plots
-    ((what, ratio, floor, holds),) = inference_floors(organise(inference_suite.results)
-                                                      ["inference_tiny"])  # fmt: skip
+    ((what, ratio, floor, holds),) = inference_floors(
+        organise(inference_suite.results)["inference_tiny"]
+    )
     assert floor == 0.6 and 0 < ratio < 1 and holds == (ratio <= 0.6)
 
 

@@ -23,14 +23,25 @@ GPU_SUITE = REPO / "configs" / "bench" / "gpu.yml"
 def cpu_run(tmp_path_factory):
     require_oc20_mini()
     out = tmp_path_factory.mktemp("gpu_suite")
-    command = ["bench", "--suite", str(GPU_SUITE), "--device", "cpu", "--tiny", "--stage", "all",
-               "--out", str(out)]  # fmt: skip
+    command = [
+        "bench",
+        "--suite",
+        str(GPU_SUITE),
+        "--device",
+        "cpu",
+        "--tiny",
+        "--stage",
+        "all",
+        "--out",
+        str(out),
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)  # the suite's systems are relative to the repository root
         status = main(command)
     document = json.loads((out / "benchmarks_cpu.json").read_text())
-    return SimpleNamespace(status=status, out=out, results=document["results"],
-                           environment=document["environment"])  # fmt: skip
+    return SimpleNamespace(
+        status=status, out=out, results=document["results"], environment=document["environment"]
+    )
 
 
 def _records(run, kind: str) -> list[dict]:
@@ -98,8 +109,16 @@ def test_gpu_suite_report_names_device_method_and_staging(cpu_run):
     assert "Staged on request although gloo accepts them here" in markdown
     assert markdown.count("| pass (tolerance 1e-09) |") == 2
     (cpu_run.out / "benchmarks_cpu.md").unlink()
-    command = ["bench", "--suite", str(GPU_SUITE), "--device", "cpu", "--out", str(cpu_run.out),
-               "--report-only"]  # fmt: skip
+    command = [
+        "bench",
+        "--suite",
+        str(GPU_SUITE),
+        "--device",
+        "cpu",
+        "--out",
+        str(cpu_run.out),
+        "--report-only",
+    ]
     assert main(command) == 0
     assert (cpu_run.out / "benchmarks_cpu.md").read_text() == markdown
 
@@ -116,15 +135,25 @@ def staging_round(name: str) -> dict:
     tensor = torch.ones(3)
     with staged(["all_reduce"]):
         dist.all_reduce(tensor, async_op=True).wait()
-    return {"staged": staged_ok, "calls": staged_calls, "plain": correct(),
-            "async": tensor.tolist(), "restored": dist.all_reduce.__name__}  # fmt: skip
+    return {
+        "staged": staged_ok,
+        "calls": staged_calls,
+        "plain": correct(),
+        "async": tensor.tolist(),
+        "restored": dist.all_reduce.__name__,
+    }
 
 
 @pytest.mark.parametrize("name", COLLECTIVES)
 def test_staging_through_host_memory_gives_the_backends_result(gloo_world, name):
     for result in gloo_world(2).run(staging_round, name):
-        assert result == {"staged": True, "calls": 1, "plain": True, "async": [2.0, 2.0, 2.0],
-                          "restored": "all_reduce"}  # fmt: skip
+        assert result == {
+            "staged": True,
+            "calls": 1,
+            "plain": True,
+            "async": [2.0, 2.0, 2.0],
+            "restored": "all_reduce",
+        }
 
 
 def probe_with_a_refusing_collective() -> tuple[dict, dict, dict]:

@@ -25,10 +25,23 @@ REPO = Path(__file__).resolve().parents[2]
 #: A tiny demo: 2 training systems (5 steps an epoch, 4 epochs), 4 validation systems (one per
 #: split, 40 frames: within the demo's validation sample, so the last validation sees them all).
 TINY = [
-    "--systems", "6", "--emt-steps", "6", "--val-fraction", "0.67",
-    "--md-frames", "2", "--rattled-frames", "1",
-    "--steps", "20", "--evaluations", "2", "--relaxation-steps", "2",
-]  # fmt: skip
+    "--systems",
+    "6",
+    "--emt-steps",
+    "6",
+    "--val-fraction",
+    "0.67",
+    "--md-frames",
+    "2",
+    "--rattled-frames",
+    "1",
+    "--steps",
+    "20",
+    "--evaluations",
+    "2",
+    "--relaxation-steps",
+    "2",
+]
 
 
 # ----------------------------------------------------------------------------- fast
@@ -209,9 +222,12 @@ def _interrupt_during_training(out: Path, log: Path) -> subprocess.CompletedProc
     paths = DemoPaths(out)
     with open(log, "w") as stream:
         process = subprocess.Popen(
-            _demo_command(out), cwd=REPO, stdout=stream, stderr=subprocess.STDOUT,
+            _demo_command(out),
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
             preexec_fn=_as_in_a_terminal,
-        )  # fmt: skip
+        )
         try:
             deadline = time.monotonic() + 900
             while not paths.checkpoint.is_file():

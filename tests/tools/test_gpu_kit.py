@@ -205,11 +205,19 @@ def stand_in_kit(tmp_path_factory) -> Path:
 def run_script(command: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """A script run offline as far as pip can tell: any index it asked would be unreachable."""
     proxy = "http://127.0.0.1:9"
-    environment = {**os.environ, "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "PY": sys.executable,
-                   "OUT": str(tmp_path / "out"), "TARGET": str(tmp_path / "target"), **env}  # fmt: skip
+    environment = {
+        **os.environ,
+        "HTTP_PROXY": proxy,
+        "HTTPS_PROXY": proxy,
+        "PY": sys.executable,
+        "OUT": str(tmp_path / "out"),
+        "TARGET": str(tmp_path / "target"),
+        **env,
+    }
     environment.pop("PYTHONPATH", None)
-    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_kit_script_dry_run_plans_every_stage_and_changes_nothing(tmp_path):
@@ -220,8 +228,14 @@ def test_kit_script_dry_run_plans_every_stage_and_changes_nothing(tmp_path):
     assert not kit.exists() and not venv.exists()
     planned = [line for line in done.stdout.splitlines() if "would run:" in line]
     (download,) = (line for line in planned if " -m pip download " in line)
-    for option in ("--no-deps", "--only-binary=:all:", "--python-version 3.12", "--abi cp312",
-                   "--implementation cp", f"-d {kit}/wheels"):  # fmt: skip
+    for option in (
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version 3.12",
+        "--abi cp312",
+        "--implementation cp",
+        f"-d {kit}/wheels",
+    ):
         assert option in download
     entries = kit_entries()
     specs = download.split(f"-d {kit}/wheels")[1].split()
@@ -246,8 +260,9 @@ def test_kit_script_dry_run_plans_every_stage_and_changes_nothing(tmp_path):
 def test_documented_command_dry_run_installs_the_kit_offline_and_bounds_the_suite(
     stand_in_kit, tmp_path
 ):
-    done = run_script(["bash", "-c", documented_command()], tmp_path, KIT=str(stand_in_kit),
-                      GPU_CHECK_DRY_RUN="1")  # fmt: skip
+    done = run_script(
+        ["bash", "-c", documented_command()], tmp_path, KIT=str(stand_in_kit), GPU_CHECK_DRY_RUN="1"
+    )
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "target").exists() and not (tmp_path / "out").exists()
     planned = [line for line in done.stdout.splitlines() if "would run:" in line]

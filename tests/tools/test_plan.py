@@ -42,10 +42,21 @@ def demo_gemnet() -> dict:
 
 # DimeNet++ at widths between the tests' tiny model and the demo (a small sympy basis, so the
 # models build in a second).
-DIMENET = {**DIMENET_TINY, "hidden_channels": 48, "out_emb_channels": 40, "int_emb_size": 16,
-           "basis_emb_size": 6}  # fmt: skip
-PAINN = {"hidden_channels": 48, "num_layers": 2, "num_rbf": 16, "cutoff": 6.0,
-         "max_neighbors": 50, "otf_graph": False}  # fmt: skip
+DIMENET = {
+    **DIMENET_TINY,
+    "hidden_channels": 48,
+    "out_emb_channels": 40,
+    "int_emb_size": 16,
+    "basis_emb_size": 6,
+}
+PAINN = {
+    "hidden_channels": 48,
+    "num_layers": 2,
+    "num_rbf": 16,
+    "cutoff": 6.0,
+    "max_neighbors": 50,
+    "otf_graph": False,
+}
 CONFIGS = {"gemnet": demo_gemnet, "dimenet": lambda: dict(DIMENET), "painn": lambda: dict(PAINN)}
 
 
@@ -128,14 +139,17 @@ def test_checkpointed_activation_estimate_within_20_percent_of_measured_peak(
     widths = widths_of(family, config)
     estimate = activation_bytes(traces(family, True), widths, size, batch=1, gp=gp)
     plain = activation_bytes(traces(family), widths, size, batch=1, gp=gp)
-    print(f"{family} gp={gp} checkpointed: estimate {estimate / 2**20:.2f} MiB, measured "
-          f"{measured / 2**20:.2f} MiB (un-checkpointed estimate {plain / 2**20:.2f} MiB)")  # fmt: skip
+    print(
+        f"{family} gp={gp} checkpointed: estimate {estimate / 2**20:.2f} MiB, measured "
+        f"{measured / 2**20:.2f} MiB (un-checkpointed estimate {plain / 2**20:.2f} MiB)"
+    )
     assert abs(estimate / measured - 1) < 0.20, (estimate, measured)
 
 
 def test_model_state_counts_adamw_amsgrad_and_ema():
-    state = model_state(1000, {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True},
-                               "ema_decay": 0.999})  # fmt: skip
+    state = model_state(
+        1000, {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True}, "ema_decay": 0.999}
+    )
     assert (state.parameters, state.gradients, state.optimizer, state.ema) == (
         4000,
         4000,
@@ -208,8 +222,9 @@ def test_recommendation_takes_the_fewest_gpus_then_the_cheapest_setting():
 def test_sharding_splits_optimizer_state_and_ema_over_the_world():
     """ZeRO-1: parameters 4 B + gradients 4 B per parameter stay replicated; AdamW's moments
     (8 B), AMSGrad's maximum (4 B) and the EMA (4 B) are split over the world's ranks."""
-    state = model_state(1000, {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True},
-                               "ema_decay": 0.999})  # fmt: skip
+    state = model_state(
+        1000, {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True}, "ema_decay": 0.999}
+    )
     sharded = state.sharded(world=4)
     assert (sharded.parameters, sharded.gradients, sharded.optimizer, sharded.ema) == (
         4000,
@@ -223,16 +238,37 @@ def test_sharding_splits_optimizer_state_and_ema_over_the_world():
     # the trainer's own per-parameter accounting (ocp_graphpar.trainers.sharded_state)
     from ocp_graphpar.trainers.sharded_state import bytes_per_parameter
 
-    optim = {"optimizer": "AdamW", "optimizer_params": {"amsgrad": True}, "ema_decay": 0.999,
-             "shard_optimizer_state": True}  # fmt: skip
+    optim = {
+        "optimizer": "AdamW",
+        "optimizer_params": {"amsgrad": True},
+        "ema_decay": 0.999,
+        "shard_optimizer_state": True,
+    }
     assert sharded.total == 1000 * bytes_per_parameter(optim=optim, world_size=4).total
 
 
 def test_plan_shards_over_the_gp_group_or_the_given_world(capsys):
-    args = ["plan", "--config", "configs/s2ef/gemnet_xl_demo.yml", "--atoms", "80", "--edges",
-            "3000", "--json", "--reserve", "0", "--gpu-mem", "1e-6", "--max-gp", "4"]  # fmt: skip
-    for world, expected in ((None, {1: 1, 2: 2, 4: 4}), ("8", {1: 8, 2: 8, 4: 8}),
-                            ("2", {1: 2, 2: 2, 4: 4})):  # fmt: skip
+    args = [
+        "plan",
+        "--config",
+        "configs/s2ef/gemnet_xl_demo.yml",
+        "--atoms",
+        "80",
+        "--edges",
+        "3000",
+        "--json",
+        "--reserve",
+        "0",
+        "--gpu-mem",
+        "1e-6",
+        "--max-gp",
+        "4",
+    ]
+    for world, expected in (
+        (None, {1: 1, 2: 2, 4: 4}),
+        ("8", {1: 8, 2: 8, 4: 8}),
+        ("2", {1: 2, 2: 2, 4: 4}),
+    ):
         assert main(args + (["--world", world] if world else [])) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["recommended"] is None
@@ -247,8 +283,17 @@ def test_plan_shards_over_the_gp_group_or_the_given_world(capsys):
 def test_gemnet_xl_floor_plan_recommends_checkpointing_on_at_most_four_gpus(capsys):
     """#19's floor: GemNet-XL, 1000 atoms and 50,000 edges per structure on 32 GiB GPUs (8
     GPUs per GP group without the memory options)."""
-    args = ["plan", "--config", "configs/s2ef/gemnet_xl.yml", "--atoms", "1000", "--edges",
-            "50000", "--gpu-mem", "32"]  # fmt: skip
+    args = [
+        "plan",
+        "--config",
+        "configs/s2ef/gemnet_xl.yml",
+        "--atoms",
+        "1000",
+        "--edges",
+        "50000",
+        "--gpu-mem",
+        "32",
+    ]
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     best = report["recommended"]
@@ -337,16 +382,29 @@ def test_inference_estimate_within_20_percent_of_measured_peak(
     size = GraphSize(graph["atoms"], graph["edges"], graph["triplets"], graph.get("kmax", 1))
     trace = inference_traces(case)
     estimate = activation_bytes(trace, widths_of(family, config), size, batch=1, gp=gp)
-    print(f"{case} gp={gp} inference: estimate {estimate / 2**20:.2f} MiB, measured "
-          f"{measured / 2**20:.2f} MiB")  # fmt: skip
+    print(
+        f"{case} gp={gp} inference: estimate {estimate / 2**20:.2f} MiB, measured "
+        f"{measured / 2**20:.2f} MiB"
+    )
     assert len(trace.activations.phases) == 1  # one call, no loss or backward phase
     assert abs(estimate / measured - 1) < 0.20, (estimate, measured)
 
 
 def test_inference_plan_holds_parameters_only_and_falls_with_p(capsys):
     config = "configs/s2ef/gemnet_xl_demo.yml"
-    args = ["plan", "--inference", "--config", config, "--atoms", "2000", "--edges", "100000",
-            "--reserve", "0", "--json"]  # fmt: skip
+    args = [
+        "plan",
+        "--inference",
+        "--config",
+        config,
+        "--atoms",
+        "2000",
+        "--edges",
+        "100000",
+        "--reserve",
+        "0",
+        "--json",
+    ]
     assert main([*args, "--gpu-mem", "1000"]) == 0
     roomy = json.loads(capsys.readouterr().out)
     model = build_contender("ours", "gemnet", demo_gemnet())
@@ -380,10 +438,24 @@ def test_inference_plan_shows_checkpointing_for_dE_dpos_forces(capsys, tmp_path)
     """With ``-dE/dpos`` forces a prediction records the forward's graph for one backward
     pass, so checkpointing lowers the estimate and the plan shows both settings."""
     config = tmp_path / "conservative.yml"
-    config.write_text(f"includes:\n  - {REPO / 'configs/s2ef/gemnet_xl_demo.yml'}\n"
-                      "model:\n  direct_forces: False\n")  # fmt: skip
-    args = ["plan", "--inference", "--config", str(config), "--atoms", "2000", "--edges",
-            "100000", "--reserve", "0", "--max-gp", "2"]  # fmt: skip
+    config.write_text(
+        f"includes:\n  - {REPO / 'configs/s2ef/gemnet_xl_demo.yml'}\n"
+        "model:\n  direct_forces: False\n"
+    )
+    args = [
+        "plan",
+        "--inference",
+        "--config",
+        str(config),
+        "--atoms",
+        "2000",
+        "--edges",
+        "100000",
+        "--reserve",
+        "0",
+        "--max-gp",
+        "2",
+    ]
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["forces"] == "-dE/dpos" and report["checkpointing_matters"]

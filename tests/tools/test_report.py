@@ -17,9 +17,14 @@ def val_frames(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("scores") / "data"
     make_demo_dataset(
-        out, systems=3, max_steps=4, val_fraction=0.34, linear_reference=True,
-        counts=TINY_FRAMES, progress=False,
-    )  # fmt: skip
+        out,
+        systems=3,
+        max_steps=4,
+        val_fraction=0.34,
+        linear_reference=True,
+        counts=TINY_FRAMES,
+        progress=False,
+    )
     dataset = LmdbDataset({"src": str(out / "s2ef" / "val")})
     return out / "s2ef" / "val", [dataset[i] for i in range(len(dataset))]
 

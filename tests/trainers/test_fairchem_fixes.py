@@ -35,13 +35,23 @@ def bare_trainer(**attributes) -> GraphParallelTrainer:
     trainer = GraphParallelTrainer.__new__(GraphParallelTrainer)
     model = torch.nn.Linear(4, 1)
     defaults = {
-        "is_debug": False, "model": model, "normalizers": {}, "elementrefs": {}, "scaler": None,
-        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "ema": None, "step": 1,
-        "epoch": 0.5, "scheduler": SimpleNamespace(scheduler_type="Null"),
-        "best_val_metric": 1e9, "evaluation_metrics": {},
+        "is_debug": False,
+        "model": model,
+        "normalizers": {},
+        "elementrefs": {},
+        "scaler": None,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+        "ema": None,
+        "step": 1,
+        "epoch": 0.5,
+        "scheduler": SimpleNamespace(scheduler_type="Null"),
+        "best_val_metric": 1e9,
+        "evaluation_metrics": {},
         "evaluator": SimpleNamespace(task_primary_metric={"ocp": "forces_mae"}),
-        "name": "ocp", "device": "cpu", "train_dataset": None,
-    }  # fmt: skip
+        "name": "ocp",
+        "device": "cpu",
+        "train_dataset": None,
+    }
     vars(trainer).update({**defaults, **attributes})
     return trainer
 
@@ -190,8 +200,12 @@ def test_importing_the_plugin_leaves_fairchem_and_torch_untouched():
     env = {k: v for k, v in os.environ.items() if k != "OCP_GRAPHPAR_CLI_HOOKS"}
     done = subprocess.run(
         [sys.executable, "-c", UPSTREAM_SNAPSHOT],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["compared"] > 500

@@ -128,13 +128,28 @@ def test_gemnet_xl_ft_finetunes_from_an_s2ef_checkpoint(gloo_world, released, tm
 
 
 UPSTREAM_TWINS = {
-    "s2ef/gemnet_xl": ("fairchem.core.models.gemnet.gemnet", "GemNetT", "gemnet_t", "GemNetXL",
-                       "emb_size_edge"),
-    "s2ef/dimenetpp_xl": ("fairchem.core.models.dimenet_plus_plus", "DimeNetPlusPlusWrap",
-                          "dimenetplusplus", "DimeNetPPXL", "hidden_channels"),
-}  # fmt: skip
-OUR_OPTIONS = ("activation_checkpointing", "partition_weights", "auto_fit_scale_factors",
-               "detach_angles", "input_exchange")  # fmt: skip
+    "s2ef/gemnet_xl": (
+        "fairchem.core.models.gemnet.gemnet",
+        "GemNetT",
+        "gemnet_t",
+        "GemNetXL",
+        "emb_size_edge",
+    ),
+    "s2ef/dimenetpp_xl": (
+        "fairchem.core.models.dimenet_plus_plus",
+        "DimeNetPlusPlusWrap",
+        "dimenetplusplus",
+        "DimeNetPPXL",
+        "hidden_channels",
+    ),
+}
+OUR_OPTIONS = (
+    "activation_checkpointing",
+    "partition_weights",
+    "auto_fit_scale_factors",
+    "detach_angles",
+    "input_exchange",
+)
 
 
 @pytest.mark.parametrize("name", sorted(UPSTREAM_TWINS))
@@ -155,8 +170,13 @@ def test_upstream_checkpoint_starts_our_model(name, tmp_path):
     torch.manual_seed(1)
     upstream = getattr(importlib.import_module(module), upstream_cls)(**upstream_args)
     path = tmp_path / f"{upstream_name}.pt"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in upstream.state_dict().items()},
-                "config": {"model": {"name": upstream_name, **upstream_args}}}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": {f"module.{k}": v for k, v in upstream.state_dict().items()},
+            "config": {"model": {"name": upstream_name, **upstream_args}},
+        },
+        path,
+    )
     ours = getattr(models, ours_cls)(**config)
     load_starting_weights(ours, {"starting_checkpoint": str(path)}, model_config=config)
     for key, value in upstream.state_dict().items():

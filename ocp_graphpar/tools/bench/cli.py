@@ -94,23 +94,31 @@ def run_device_bench(args: argparse.Namespace, suite) -> int:
             rerun = {record["workload"] for record in results}
             previous = json.loads(results_path.read_text())["results"]
             results = [r for r in previous if r["workload"] not in rerun] + results
-        document = {"environment": device_environment(torch.device(device), _command(args)),
-                    "results": results}  # fmt: skip
+        document = {
+            "environment": device_environment(torch.device(device), _command(args)),
+            "results": results,
+        }
         write_atomic(results_path, json.dumps(document, indent=1))
-    write_atomic(args.out / f"{name}.md", render_device_markdown(document["results"],
-                                                                 document["environment"]))  # fmt: skip
+    write_atomic(
+        args.out / f"{name}.md",
+        render_device_markdown(document["results"], document["environment"]),
+    )
     print(f"wrote {args.out / (name + '.md')} and {results_path}")
     checks = [r for r in document["results"] if r["kind"] == "gp_check"]
     for check in checks:
         errors = check["per_rank"][0]["errors"]
         worst = max(errors["energy"], errors["forces"], errors["gradients"])
-        print(f"  gp check {check['workload']} at P={check['size']}: largest relative error "
-              f"{worst:.1e} (tolerance {check['tolerance']:.0e}) "
-              f"{'ok' if check['passed'] else 'FAILED'}")  # fmt: skip
+        print(
+            f"  gp check {check['workload']} at P={check['size']}: largest relative error "
+            f"{worst:.1e} (tolerance {check['tolerance']:.0e}) "
+            f"{'ok' if check['passed'] else 'FAILED'}"
+        )
     failed = [r for r in document["results"] if r["kind"] == "failed"]
     for record in failed:
-        print(f"  {record['workload']} {record.get('contender') or record.get('check')} did not "
-              f"finish: {record['reason']}")  # fmt: skip
+        print(
+            f"  {record['workload']} {record.get('contender') or record.get('check')} did not "
+            f"finish: {record['reason']}"
+        )
     return 0 if all(check["passed"] for check in checks) and not failed else 1
 
 

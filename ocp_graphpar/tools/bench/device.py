@@ -32,8 +32,9 @@ def use_device(device: str | torch.device) -> torch.device:
     CUDA device."""
     device = torch.device(device)
     if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device() if device.index is None
-                              else device.index)  # fmt: skip
+        device = torch.device(
+            "cuda", torch.cuda.current_device() if device.index is None else device.index
+        )
         torch.cuda.set_device(device)
     return device
 
@@ -69,8 +70,12 @@ def step_times(model: torch.nn.Module, batch, device: torch.device, *, steps: in
             times.append(time.perf_counter() - step_start)
         method = "time.perf_counter"
     wall = (time.perf_counter() - start) / max(steps, 1)
-    return {"step_s": statistics.median(times), "step_s_all": times, "wall_s": wall,
-            "method": method}  # fmt: skip
+    return {
+        "step_s": statistics.median(times),
+        "step_s_all": times,
+        "wall_s": wall,
+        "method": method,
+    }
 
 
 def step_memory(model: torch.nn.Module, batch, device: torch.device) -> dict:
@@ -87,8 +92,11 @@ def step_memory(model: torch.nn.Module, batch, device: torch.device) -> dict:
     with step_activation_peak(device) as peak:  # resets the CUDA peak
         training_step(model, batch)
     method = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "tensor storages"
-    result = {"peak_bytes": before + peak["peak"], "activation_bytes": peak["peak"],
-              "method": method}  # fmt: skip
+    result = {
+        "peak_bytes": before + peak["peak"],
+        "activation_bytes": peak["peak"],
+        "method": method,
+    }
     if device.type == "cuda":
         result["max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
     return result
@@ -118,8 +126,11 @@ def step_stalls(model: torch.nn.Module, batch, device: torch.device) -> dict:
     with StallCounter() as counter:
         training_step(model, batch)
     _synchronize(device)
-    result.update(host_reading_ops=counter.num_stalls, host_reading_by_op=dict(counter.stalls),
-                  aten_ops=counter.operators)  # fmt: skip
+    result.update(
+        host_reading_ops=counter.num_stalls,
+        host_reading_by_op=dict(counter.stalls),
+        aten_ops=counter.operators,
+    )
     if device.type != "cuda":
         result.update(stalls=counter.num_stalls, sites=[], method="StallCounter")
     return result

@@ -83,19 +83,38 @@ def run_device_suite(
         batches[workload.name] = (workload, config, batch)
         records.append(workload_record(workload, batch))
         for contender in workload.contenders:
-            log.info("%s %s on %s: %d warm-up + %d timed steps (elapsed %.0f s)", workload.name,
-                     contender, device, timing["warmup"], timing["steps"],
-                     time.perf_counter() - started)  # fmt: skip
+            log.info(
+                "%s %s on %s: %d warm-up + %d timed steps (elapsed %.0f s)",
+                workload.name,
+                contender,
+                device,
+                timing["warmup"],
+                timing["steps"],
+                time.perf_counter() - started,
+            )
             key = {"workload": workload.name, "contender": contender}
-            result = _in_world(1, key, measure_on_device, contender, workload.family, config,
-                               batch, device=device, **timing)  # fmt: skip
+            result = _in_world(
+                1,
+                key,
+                measure_on_device,
+                contender,
+                workload.family,
+                config,
+                batch,
+                device=device,
+                **timing,
+            )
             records.append({"kind": "device_run", **key, **result[0]} if result else key)
             if not result:
                 continue
             result = result[0]
-            log.info("  step %.1f ms, %.2f structures/s, peak %.0f MiB, %s stalls/step",
-                     1e3 * result["timing"]["step_s"], result["structures_per_s"],
-                     result["memory"]["peak_bytes"] / 2**20, result["stalls"]["stalls"])  # fmt: skip
+            log.info(
+                "  step %.1f ms, %.2f structures/s, peak %.0f MiB, %s stalls/step",
+                1e3 * result["timing"]["step_s"],
+                result["structures_per_s"],
+                result["memory"]["peak_bytes"] / 2**20,
+                result["stalls"]["stalls"],
+            )
     records += _gp_checks(suite, batches, device, force_staging, started)
     log.info("device suite done in %.0f s", time.perf_counter() - started)
     return records
@@ -114,20 +133,48 @@ def _gp_checks(suite: Suite, batches: dict, device: str, force_staging, started:
         systems = min(int(spec.get("systems", len(workload.systems))), len(workload.systems))
         if systems < len(workload.systems):
             batch = _batch(workload.systems[:systems], config)
-        log.info("gp check %s: P = %d on %s, float64, %d systems (elapsed %.0f s)", name, size,
-                 device, systems, time.perf_counter() - started)  # fmt: skip
+        log.info(
+            "gp check %s: P = %d on %s, float64, %d systems (elapsed %.0f s)",
+            name,
+            size,
+            device,
+            systems,
+            time.perf_counter() - started,
+        )
         key = {"workload": name, "check": f"P = {size}"}
-        per_rank = _in_world(size, key, gp_equality, workload.family, config, batch,
-                             device=device, force_staging=tuple(force_staging))  # fmt: skip
+        per_rank = _in_world(
+            size,
+            key,
+            gp_equality,
+            workload.family,
+            config,
+            batch,
+            device=device,
+            force_staging=tuple(force_staging),
+        )
         if not per_rank:
             records.append(key)
             continue
         errors = per_rank[0]["errors"]
         passed = max(errors["energy"], errors["forces"], errors["gradients"]) <= tolerance
-        records.append({"kind": "gp_check", "workload": name, "size": size, "systems": systems,
-                        "tolerance": tolerance, "passed": passed, "per_rank": per_rank})  # fmt: skip
-        log.info("  energies %.1e, forces %.1e, gradients %.1e: %s", errors["energy"],
-                 errors["forces"], errors["gradients"], "pass" if passed else "FAIL")  # fmt: skip
+        records.append(
+            {
+                "kind": "gp_check",
+                "workload": name,
+                "size": size,
+                "systems": systems,
+                "tolerance": tolerance,
+                "passed": passed,
+                "per_rank": per_rank,
+            }
+        )
+        log.info(
+            "  energies %.1e, forces %.1e, gradients %.1e: %s",
+            errors["energy"],
+            errors["forces"],
+            errors["gradients"],
+            "pass" if passed else "FAIL",
+        )
     return records
 
 
@@ -140,8 +187,9 @@ def _in_world(size: int, key: dict, fn, *args, **kwargs) -> list | None:
             return world.run(fn, *args, **kwargs)
     except (RankDied, RuntimeError, TimeoutError) as error:
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        key.update(kind="failed", reason=lines[-1] if lines else type(error).__name__,
-                   detail=lines[-30:])  # fmt: skip
+        key.update(
+            kind="failed", reason=lines[-1] if lines else type(error).__name__, detail=lines[-30:]
+        )
         log.warning("%s did not finish: %s", key, key["reason"])
         return None
 

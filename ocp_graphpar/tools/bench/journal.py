@@ -51,8 +51,11 @@ class Journal:
                 continue
             self._records[tuple(entry["key"])] = (entry["fingerprint"], entry["record"])
         if self._records:
-            log.info("%s: %d finished runs found; reusing those still current",
-                     self.path, len(self._records))  # fmt: skip
+            log.info(
+                "%s: %d finished runs found; reusing those still current",
+                self.path,
+                len(self._records),
+            )
 
     def get(self, key: Key, fingerprint: str) -> dict | None:
         """The record stored under ``key``, if it came from the same ``fingerprint``."""

@@ -19,8 +19,12 @@ CHECKPOINTED_PEAK_FLOOR = 0.35  # ours_ck / upstream activation peak at P = 1
 SHARDED_STATE_FLOOR = 0.55  # per-rank model state sharded over 4 ranks / unsharded
 FLOOR_WORLD = 4  # the world the sharded-state floor is set for
 PLAN_GP_FLOOR = 4  # GPUs per GP group the planner recommends for the plan below
-PLAN_FLOOR_CASE = {"config": "configs/s2ef/gemnet_xl.yml", "atoms": 1000, "edges": 50000,
-                   "gpu_mem_gib": 32}  # fmt: skip
+PLAN_FLOOR_CASE = {
+    "config": "configs/s2ef/gemnet_xl.yml",
+    "atoms": 1000,
+    "edges": 50000,
+    "gpu_mem_gib": 32,
+}
 
 
 def _memory_workloads(table: dict) -> Iterator[tuple[str, dict]]:
@@ -85,7 +89,7 @@ def memory_floors(table: dict, plans: list[dict]) -> list[tuple[str, float, floa
                 f"{plan['graph']['edges']} edges, {plan['gpu_mem_gib']:g} GiB: GPUs per GP group"
             )
             checks.append((what, math.inf if gp is None else gp, PLAN_GP_FLOOR))
-    return [(what, value, floor, value <= floor) for what, value, floor in checks]  # fmt: skip
+    return [(what, value, floor, value <= floor) for what, value, floor in checks]
 
 
 def _is_floor_plan(plan: dict) -> bool:
@@ -142,8 +146,10 @@ def _totals_table(entry: dict) -> list[str]:
         sharded = "-" if share is None else _mib(activations + share[1])
         if contender not in OURS:
             sharded = "n/a (upstream)"
-        lines.append(f"| {CONTENDERS[contender].label} | {size} | {_mib(activations)} | {plain} "
-                     f"| {sharded} |")  # fmt: skip
+        lines.append(
+            f"| {CONTENDERS[contender].label} | {size} | {_mib(activations)} | {plain} "
+            f"| {sharded} |"
+        )
     return [*lines, ""]
 
 
@@ -155,20 +161,31 @@ def _state_table(entry: dict) -> list[str]:
     unsharded = _total(split["unsharded"]) if split else None
     if split:
         largest = max(split["sharded"], key=_total)
-        rows += [("unsharded (one process)", split["unsharded"]),
-                 (f"sharded over {split['world']} ranks, largest share (the trainer's partition "
-                  "of the same state, computed in one process)", largest)]  # fmt: skip
+        rows += [
+            ("unsharded (one process)", split["unsharded"]),
+            (
+                f"sharded over {split['world']} ranks, largest share (the trainer's partition "
+                "of the same state, computed in one process)",
+                largest,
+            ),
+        ]
         formula = {**split["unsharded"]}
         formula["optimizer"] /= split["world"]
         formula["ema"] /= split["world"]
-        rows.append((f"sharded over {split['world']} ranks, formula: parameters + gradients + "
-                     f"(optimizer + EMA) / {split['world']}", formula))  # fmt: skip
+        rows.append(
+            (
+                f"sharded over {split['world']} ranks, formula: parameters + gradients + "
+                f"(optimizer + EMA) / {split['world']}",
+                formula,
+            )
+        )
     if world:
         ranks = world["per_rank"]
         for key in ("unsharded", "sharded"):
             largest = max((rank[key] for rank in ranks), key=_total)
-            rows.append((f"{key}, measured on each of {len(ranks)} spawned gloo ranks (largest)",
-                         largest))  # fmt: skip
+            rows.append(
+                (f"{key}, measured on each of {len(ranks)} spawned gloo ranks (largest)", largest)
+            )
         unsharded = unsharded or _total(max((r["unsharded"] for r in ranks), key=_total))
     lines = [
         "Model state per rank after one AdamW (AMSGrad) step and EMA update:",
@@ -178,14 +195,18 @@ def _state_table(entry: dict) -> list[str]:
     ]
     for what, state in rows:
         parts = " | ".join(_mib(state[k]) for k in ("parameters", "gradients", "optimizer", "ema"))
-        lines.append(f"| {what} | {parts} | {_mib(_total(state))} "
-                     f"| {_total(state) / unsharded:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {what} | {parts} | {_mib(_total(state))} " f"| {_total(state) / unsharded:.3f} |"
+        )
     return [*lines, ""]
 
 
 def _step_time_table(workloads: list[tuple[str, dict]]) -> list[str]:
-    timed = [(n, e["paired"]) for n, e in workloads
-             if {"ours", "ours_ck"} <= set(e.get("paired", {}).get("step_s", {}))]  # fmt: skip
+    timed = [
+        (n, e["paired"])
+        for n, e in workloads
+        if {"ours", "ours_ck"} <= set(e.get("paired", {}).get("step_s", {}))
+    ]
     if not timed:
         return []
     lines = [
@@ -199,9 +220,11 @@ def _step_time_table(workloads: list[tuple[str, dict]]) -> list[str]:
     ]
     for name, paired in timed:
         wall, cpu = paired["step_s"], paired["cpu_s"]
-        lines.append(f"| {name} | {wall['ours']:.2f} | {wall['ours_ck']:.2f} "
-                     f"| {wall['ours_ck'] / wall['ours']:.3f} "
-                     f"| {cpu['ours_ck'] / cpu['ours']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {wall['ours']:.2f} | {wall['ours_ck']:.2f} "
+            f"| {wall['ours_ck'] / wall['ours']:.3f} "
+            f"| {cpu['ours_ck'] / cpu['ours']:.3f} |"
+        )
     return [*lines, ""]
 
 
@@ -227,18 +250,36 @@ def plot_memory(table: dict, path: Path) -> Path:
             split, share = entry.get("state_split"), _sharded_share(entry)
             if split:
                 state = _total(split["unsharded"])
-                ax.plot(sizes, [(v + state) / MIB for _, v in ck], "o--",
-                        label="ours, checkpointed: + state")  # fmt: skip
+                ax.plot(
+                    sizes,
+                    [(v + state) / MIB for _, v in ck],
+                    "o--",
+                    label="ours, checkpointed: + state",
+                )
             if share:
-                ax.plot(sizes, [(v + share[1]) / MIB for _, v in ck], "o:",
-                        label=f"ours, checkpointed: + state sharded over {share[0]}")  # fmt: skip
+                ax.plot(
+                    sizes,
+                    [(v + share[1]) / MIB for _, v in ck],
+                    "o:",
+                    label=f"ours, checkpointed: + state sharded over {share[0]}",
+                )
             if ck[0][0] == 1:
-                ax.plot(sizes, [ck[0][1] / p / MIB for p in sizes], "-", color="grey", lw=0.8,
-                        label="checkpointed P=1 / P")  # fmt: skip
+                ax.plot(
+                    sizes,
+                    [ck[0][1] / p / MIB for p in sizes],
+                    "-",
+                    color="grey",
+                    lw=0.8,
+                    label="checkpointed P=1 / P",
+                )
         for contender in ("ours", _upstream(entry)):
             if contender and (contender, 1) in runs:
-                ax.plot([1], [_activations(runs[contender, 1]) / MIB], "s",
-                        label=f"{CONTENDERS[contender].label}: activations")  # fmt: skip
+                ax.plot(
+                    [1],
+                    [_activations(runs[contender, 1]) / MIB],
+                    "s",
+                    label=f"{CONTENDERS[contender].label}: activations",
+                )
         ax.set_title(name)
         ax.set_xlabel("GP ranks P")
         ax.set_xticks(sorted({p for _, p in runs}))

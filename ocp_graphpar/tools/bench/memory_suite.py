@@ -50,14 +50,30 @@ def memory_jobs(workload, config: dict, defined: str, *, size: int) -> list:
     name, world = workload.name, int(workload.memory.get("world", 4))
     jobs = []
     if size == 1:
-        jobs.append(_Job(1, ("state_split", name), defined, f"{name} model state, split",
-                         state_split, (workload.family, config),
-                         partial(_first_rank_record, "state_split", name),
-                         {"world_size": world}))  # fmt: skip
+        jobs.append(
+            _Job(
+                1,
+                ("state_split", name),
+                defined,
+                f"{name} model state, split",
+                state_split,
+                (workload.family, config),
+                partial(_first_rank_record, "state_split", name),
+                {"world_size": world},
+            )
+        )
     if size == world and workload.memory.get("spawned"):
-        jobs.append(_Job(world, ("state_world", name), defined,
-                         f"{name} model state on {world} ranks", rank_state_bytes,
-                         (workload.family, config), partial(_world_record, name)))  # fmt: skip
+        jobs.append(
+            _Job(
+                world,
+                ("state_world", name),
+                defined,
+                f"{name} model state on {world} ranks",
+                rank_state_bytes,
+                (workload.family, config),
+                partial(_world_record, name),
+            )
+        )
     return jobs
 
 

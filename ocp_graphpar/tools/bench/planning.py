@@ -40,8 +40,11 @@ def plan_check(workload, config: dict, batch, *, sizes: list[int]) -> dict:
         # the same graph: overrides that change the graph (cutoff, neighbours) are not undone
         full = {**replace(workload, overrides={}).model_config(), **_graph_keys(config)}
         per_size, widths, parameters = estimates(full)
-        record["config_widths"] = {"estimates": per_size, "widths": widths,
-                                   "parameters": parameters}  # fmt: skip
+        record["config_widths"] = {
+            "estimates": per_size,
+            "widths": widths,
+            "parameters": parameters,
+        }
     return record
 
 
@@ -92,8 +95,11 @@ def plans_section(plans: list[dict]) -> list[str]:
     for plan in plans:
         graph = plan["graph"]
         if "recommended" not in plan:  # written before the planner compared settings
-            lines += [f"(a plan of {plan['config']} by an older planner: re-run "
-                      "`ocp-graphpar bench --only plans`)", ""]  # fmt: skip
+            lines += [
+                f"(a plan of {plan['config']} by an older planner: re-run "
+                "`ocp-graphpar bench --only plans`)",
+                "",
+            ]
             continue
         lines += [
             f"`ocp-graphpar plan --config {plan['config']} --atoms {graph['atoms']} "

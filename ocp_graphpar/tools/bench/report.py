@@ -73,8 +73,9 @@ def floors(entry: dict) -> list[tuple[str, float, float, bool]]:
             runs["ours", 1], "memory", "activations"
         )
         checks.append(("per-rank activations, P=4 / P=1", ratio, ACTIVATION_RATIO_FLOOR))
-    if all("flops" in runs.get((c, 1), {"per_rank": [{}]})["per_rank"][0]
-           for c in ("ours", "gemnet_t")):  # fmt: skip
+    if all(
+        "flops" in runs.get((c, 1), {"per_rank": [{}]})["per_rank"][0] for c in ("ours", "gemnet_t")
+    ):
         ratio = total(runs["ours", 1], "flops") / total(runs["gemnet_t", 1], "flops")
         checks.append(("matmul FLOPs per step at P=1, ours / gemnet_t", ratio, STEP_TIME_FLOOR))
     paired = entry.get("paired")
@@ -293,8 +294,11 @@ def plot_all(results: list[dict], out_dir: Path) -> dict[str, str]:
     everything = organise(results)
     # issue #19's memory workloads have a plot of their own; inference workloads a table only
     memory = any(e["info"].get("memory") for e in everything.values())
-    table = {name: e for name, e in everything.items()
-             if not e["info"].get("memory") and not e["info"].get("inference")}  # fmt: skip
+    table = {
+        name: e
+        for name, e in everything.items()
+        if not e["info"].get("memory") and not e["info"].get("inference")
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {}
     if table:

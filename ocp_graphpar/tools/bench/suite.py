@@ -94,13 +94,20 @@ class Suite:
         """Every workload with its ``tiny_overrides`` applied (and its first ``tiny.systems``
         systems), and the ``tiny`` timing: the same code at sizes a CPU test runs quickly."""
         count = self.tiny.get("systems")
-        workloads = [replace(w, overrides={**w.overrides, **w.tiny_overrides},
-                             systems=w.systems[:count] if count else w.systems,
-                             description=f"{w.description}, at tiny widths (--tiny)"
-                             if w.tiny_overrides else w.description)
-                     for w in self.workloads]  # fmt: skip
-        return replace(self, workloads=workloads,
-                       timing={**self.timing, **self.tiny.get("timing", {})})  # fmt: skip
+        workloads = [
+            replace(
+                w,
+                overrides={**w.overrides, **w.tiny_overrides},
+                systems=w.systems[:count] if count else w.systems,
+                description=f"{w.description}, at tiny widths (--tiny)"
+                if w.tiny_overrides
+                else w.description,
+            )
+            for w in self.workloads
+        ]
+        return replace(
+            self, workloads=workloads, timing={**self.timing, **self.tiny.get("timing", {})}
+        )
 
 
 def load_suite(path: str | os.PathLike) -> Suite:
@@ -285,12 +292,19 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
     from ocp_graphpar.tools.bench.planning import plan, plan_check
 
     jobs = [
-        _Job(0, ("paired", w.name), _definition(w, suite, paired=True), f"{w.name} paired timing",
-             paired_step_times, (w.paired_timing, w.family, config, batches[w.name]),
-             partial(_tagged, "paired", w.name), {"rounds": w.paired_rounds})
+        _Job(
+            0,
+            ("paired", w.name),
+            _definition(w, suite, paired=True),
+            f"{w.name} paired timing",
+            paired_step_times,
+            (w.paired_timing, w.family, config, batches[w.name]),
+            partial(_tagged, "paired", w.name),
+            {"rounds": w.paired_rounds},
+        )
         for w, config in prepared
         if w.paired_timing
-    ]  # fmt: skip
+    ]
     for size in suite.sizes:
         for workload, config in prepared:
             name, batch, defined = (
@@ -300,26 +314,61 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
             )
             jobs += memory_jobs(workload, config, defined, size=size)
             if size == 1 and not workload.memory and not workload.inference:
-                jobs.append(_Job(1, ("state", name), defined, f"{name} model state",
-                                 model_state_bytes, ("ours", workload.family, config),
-                                 partial(_first_rank_record, "state", name)))  # fmt: skip
+                jobs.append(
+                    _Job(
+                        1,
+                        ("state", name),
+                        defined,
+                        f"{name} model state",
+                        model_state_bytes,
+                        ("ours", workload.family, config),
+                        partial(_first_rank_record, "state", name),
+                    )
+                )
             for contender in workload.runs_at(size):
-                jobs.append(_Job(size, ("run", name, contender, size), defined,
-                                 f"P={size} {name} {contender}", measure_contender,
-                                 (contender, workload.family, config, batch),
-                                 partial(_run_record, size, workload, contender),
-                                 {"repeats": suite.repeats if workload.repeats is None
-                                  else workload.repeats,
-                                  "inference": workload.inference}))  # fmt: skip
+                jobs.append(
+                    _Job(
+                        size,
+                        ("run", name, contender, size),
+                        defined,
+                        f"P={size} {name} {contender}",
+                        measure_contender,
+                        (contender, workload.family, config, batch),
+                        partial(_run_record, size, workload, contender),
+                        {
+                            "repeats": suite.repeats
+                            if workload.repeats is None
+                            else workload.repeats,
+                            "inference": workload.inference,
+                        },
+                    )
+                )
     for workload, config in prepared:
         name = workload.name
-        jobs.append(_Job(0, ("plan_check", name), _definition(workload, suite),
-                         f"{name} planner check", plan_check,
-                         (workload, config, batches[name]), _as_is,
-                         {"sizes": suite.sizes}))  # fmt: skip
+        jobs.append(
+            _Job(
+                0,
+                ("plan_check", name),
+                _definition(workload, suite),
+                f"{name} planner check",
+                plan_check,
+                (workload, config, batches[name]),
+                _as_is,
+                {"sizes": suite.sizes},
+            )
+        )
     for index, spec in enumerate(suite.plans):
-        jobs.append(_Job(0, ("plan", index), fingerprint({"plan": spec, "config": Path(spec["config"]).read_text()}), f"plan {index}",
-                         plan, (spec,), _as_is))  # fmt: skip
+        jobs.append(
+            _Job(
+                0,
+                ("plan", index),
+                fingerprint({"plan": spec, "config": Path(spec["config"]).read_text()}),
+                f"plan {index}",
+                plan,
+                (spec,),
+                _as_is,
+            )
+        )
     return jobs
 
 
@@ -340,14 +389,24 @@ def _definition(workload: Workload, suite: Suite, paired: bool = False) -> str:
     the paired record), its config file, the sizes and the default repeats."""
     spec = asdict(workload)
     spec.pop("tiny_overrides")  # applied to `overrides` when used
-    for key in ("description", "floors", "contenders", "paired_timing", "paired_rounds",
-                "contender_sizes"):  # fmt: skip
+    for key in (
+        "description",
+        "floors",
+        "contenders",
+        "paired_timing",
+        "paired_rounds",
+        "contender_sizes",
+    ):
         if not (paired and key.startswith("paired")):
             spec.pop(key)
     return fingerprint(
-        {"workload": spec, "config": Path(workload.config).read_text(),
-         "sizes": suite.sizes, "repeats": suite.repeats}
-    )  # fmt: skip
+        {
+            "workload": spec,
+            "config": Path(workload.config).read_text(),
+            "sizes": suite.sizes,
+            "repeats": suite.repeats,
+        }
+    )
 
 
 def _run_record(

@@ -118,8 +118,11 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
         ("--rattled-frames", DEFAULT_FRAMES.rattled, "rattled copies of the relaxed structure"),
     ):
         demo.add_argument(
-            name, type=int, default=default, metavar="K",
+            name,
+            type=int,
+            default=default,
+            metavar="K",
             help=f"{what} per system (default: %(default)s)",
-        )  # fmt: skip
+        )
     _add_common_options(demo, seed_help="seed of the structures and of the train/val split")
     demo.set_defaults(handler=run_demo)

@@ -107,9 +107,12 @@ def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
     _option(data, "--emt-steps", _DEFAULTS.emt_steps, "S", "embedded set: BFGS steps at most")
     _option(data, "--md-frames", _DEFAULTS.md_frames, "K", "embedded set: MD frames per system")
     _option(
-        data, "--rattled-frames", _DEFAULTS.rattled_frames, "K",
+        data,
+        "--rattled-frames",
+        _DEFAULTS.rattled_frames,
+        "K",
         "embedded set: rattled frames per system",
-    )  # fmt: skip
+    )
     data.add_argument(
         "--val-fraction",
         type=float,

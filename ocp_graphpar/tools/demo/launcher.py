@@ -55,9 +55,19 @@ def fairchem_command(
     """The ``fairchem`` command line of one run on CPU ranks: ``ranks`` in groups of
     ``gp_ranks`` graph-parallel ranks; ``overrides`` are ``--key.sub=value`` config options."""
     command = [
-        str(fairchem_executable()), "--mode", mode, "--config-yml", str(config),
-        "--cpu", "--num-gpus", str(ranks), "--gp-gpus", str(gp_ranks), "--run-dir", str(run_dir),
-    ]  # fmt: skip
+        str(fairchem_executable()),
+        "--mode",
+        mode,
+        "--config-yml",
+        str(config),
+        "--cpu",
+        "--num-gpus",
+        str(ranks),
+        "--gp-gpus",
+        str(gp_ranks),
+        "--run-dir",
+        str(run_dir),
+    ]
     if timestamp_id is not None:
         command += ["--timestamp-id", timestamp_id]
     if print_every is not None:

@@ -319,9 +319,16 @@ def train(options: DemoOptions, paths: DemoPaths, data: dict, resume: bool) -> d
         overrides.append(f"--dataset.val.sample_n={VAL_SAMPLE_FRAMES}")
         print(f"validation during training on {VAL_SAMPLE_FRAMES} of {data['val_frames']} frames")
     command = fairchem_command(
-        "train", S2EF_CONFIG, paths.train, ranks=RANKS, gp_ranks=GP_RANKS,
-        timestamp_id=TIMESTAMP_ID, checkpoint=checkpoint, overrides=overrides, print_every=10,
-    )  # fmt: skip
+        "train",
+        S2EF_CONFIG,
+        paths.train,
+        ranks=RANKS,
+        gp_ranks=GP_RANKS,
+        timestamp_id=TIMESTAMP_ID,
+        checkpoint=checkpoint,
+        overrides=overrides,
+        print_every=10,
+    )
     run_streamed(command, paths.logs / "train.log")
     done = checkpoint_step(paths.checkpoint)
     if done != schedule.total_steps:
@@ -359,10 +366,15 @@ def predict(paths: DemoPaths, trained: dict) -> dict:
         "--task.prediction_dtype=float32",
     ]
     command = fairchem_command(
-        "predict", S2EF_CONFIG, paths.predict, ranks=RANKS, gp_ranks=GP_RANKS,
-        timestamp_id=TIMESTAMP_ID, checkpoint=paths.resolve(trained["checkpoint"]),
+        "predict",
+        S2EF_CONFIG,
+        paths.predict,
+        ranks=RANKS,
+        gp_ranks=GP_RANKS,
+        timestamp_id=TIMESTAMP_ID,
+        checkpoint=paths.resolve(trained["checkpoint"]),
         overrides=overrides,
-    )  # fmt: skip
+    )
     run_streamed(command, paths.logs / "predict.log")
     predictions = resolve_prediction_file("s2ef", paths.predict)
     scores = score_s2ef_predictions(predictions, test_set)
@@ -403,10 +415,15 @@ def relax(options: DemoOptions, paths: DemoPaths, trained: dict) -> dict:
         f"--task.relaxation_steps={options.relaxation_steps}",
     ]
     command = fairchem_command(
-        "run-relaxations", IS2RS_CONFIG, paths.relax, ranks=RANKS, gp_ranks=GP_RANKS,
-        timestamp_id=TIMESTAMP_ID, checkpoint=paths.resolve(trained["checkpoint"]),
+        "run-relaxations",
+        IS2RS_CONFIG,
+        paths.relax,
+        ranks=RANKS,
+        gp_ranks=GP_RANKS,
+        timestamp_id=TIMESTAMP_ID,
+        checkpoint=paths.resolve(trained["checkpoint"]),
         overrides=overrides,
-    )  # fmt: skip
+    )
     run_streamed(command, paths.logs / "relax.log")
     relaxed = resolve_prediction_file("is2rs", paths.relax)
     logged = read_learning_curves(paths.relax)  # fairchem logs the IS2RS/IS2RE metrics there

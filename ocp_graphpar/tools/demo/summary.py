@@ -79,10 +79,13 @@ def footprint(measured: dict) -> dict:
             "comm_calls": r["comm"]["calls"],
             **{key: (r["load"] or {}).get(key) for key in ("atoms", "edges", "triplets")},
             "halo_atoms": (r["load"] or {}).get("halo_atoms"),
-            **{f"{key}_bytes": r["memory"][key] for key in ("parameters", "gradients", "activations")},
+            **{
+                f"{key}_bytes": r["memory"][key]
+                for key in ("parameters", "gradients", "activations")
+            },
         }
         for rank, r in enumerate(ranks)
-    ]  # fmt: skip
+    ]
     gradient_bytes = ranks[0]["memory"]["gradients"]
     return {
         "batch": measured["batch"],

@@ -19,9 +19,14 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.inference:
         if args.world is not None:
             raise UserFacingError("--world applies to training plans (sharded optimizer state)")
-        report = plan_inference(args.config, graph, gpu_mem_gib=args.gpu_mem,
-                                reserve_gib=args.reserve, batch_size=args.batch_size,
-                                max_gp=args.max_gp)  # fmt: skip
+        report = plan_inference(
+            args.config,
+            graph,
+            gpu_mem_gib=args.gpu_mem,
+            reserve_gib=args.reserve,
+            batch_size=args.batch_size,
+            max_gp=args.max_gp,
+        )
         text = format_inference_plan(report, args.triplets is not None)
         print(json.dumps(report, indent=1) if args.json else text)
         return 0
@@ -56,18 +61,23 @@ def format_plan(report: dict, triplets_given: bool = True) -> str:
         f"model state per GPU: parameters {_gib(state.parameters)}, gradients "
         f"{_gib(state.gradients)}, optimizer state {_gib(state.optimizer)}, EMA {_gib(state.ema)}"
         f" = {_gib(state.total)} replicated; sharded state splits the optimizer state and EMA "
-        + (f"over {world} ranks (--world)" if world else "over the GP group's P ranks "
-           "(one GP group; --world N for a run of N GPUs)")
+        + (
+            f"over {world} ranks (--world)"
+            if world
+            else "over the GP group's P ranks " "(one GP group; --world N for a run of N GPUs)"
+        )
         + f"; reserve {report['reserve_gib']:.1f} GiB (CUDA context, NCCL buffers)",
         "",
         "| GP size | setting | state per GPU | activations per GPU | total per GPU "
         f"| fits {report['gpu_mem_gib']:g} GiB |",
         "|---:|---|---:|---:|---:|---|",
-    ]  # fmt: skip
+    ]
     for row in map(lambda r: PlanRow(**r), report["rows"]):
         fits = "yes" if row.fits else "no"
-        lines.append(f"| {row.gp_size} | {row.setting} | {_gib(row.state)} "
-                     f"| {_gib(row.activations)} | {_gib(row.total)} | {fits} |")  # fmt: skip
+        lines.append(
+            f"| {row.gp_size} | {row.setting} | {_gib(row.state)} "
+            f"| {_gib(row.activations)} | {_gib(row.total)} | {fits} |"
+        )
     lines.append("")
     max_neighbors = report["max_neighbors"]
     if max_neighbors and graph.edges > max_neighbors * graph.atoms:

@@ -172,8 +172,19 @@ def plan_rows(
             held = state.sharded(world=ranks) if setting.sharded else state
             activations = activation_bytes(traces[setting.checkpointing], widths, graph, batch, gp)
             total = held.total + activations + reserve_bytes
-            rows.append(PlanRow(gp, setting.name, setting.checkpointing, setting.sharded, ranks,
-                                held.total, activations, total, total <= gpu_bytes))  # fmt: skip
+            rows.append(
+                PlanRow(
+                    gp,
+                    setting.name,
+                    setting.checkpointing,
+                    setting.sharded,
+                    ranks,
+                    held.total,
+                    activations,
+                    total,
+                    total <= gpu_bytes,
+                )
+            )
         if rows[-len(SETTINGS)].fits:  # the plain setting
             break
         gp *= 2
@@ -230,8 +241,17 @@ def plan_memory(
     optim = config.get("optim", {})
     state = model_state(num_parameters, optim)
     batch = batch_size or int(optim.get("batch_size", 1))
-    rows = plan_rows(traces, widths, state, graph, batch=batch, gpu_bytes=gpu_mem_gib * GIB,
-                     reserve_bytes=reserve_gib * GIB, max_gp=max_gp, world=world)  # fmt: skip
+    rows = plan_rows(
+        traces,
+        widths,
+        state,
+        graph,
+        batch=batch,
+        gpu_bytes=gpu_mem_gib * GIB,
+        reserve_bytes=reserve_gib * GIB,
+        max_gp=max_gp,
+        world=world,
+    )
     best = recommend(rows)
     return {
         "config": str(config_path),

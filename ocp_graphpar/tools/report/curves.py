@@ -88,8 +88,9 @@ def plot_learning_curves(
                 ax.plot(steps, mae, label=label, color=color, **style)
         if baseline is not None:
             ax.axhline(baseline, ls="--", color="gray", label=baseline_label)
-        ax.set(xlabel="step", ylabel=f"{quantity} MAE ({unit})", yscale="log",
-               title=f"{quantity} MAE")  # fmt: skip
+        ax.set(
+            xlabel="step", ylabel=f"{quantity} MAE ({unit})", yscale="log", title=f"{quantity} MAE"
+        )
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
