@@ -224,8 +224,8 @@ WIDER = {
 @pytest.mark.parametrize("family", ["dimenet", "gemnet"])
 def test_checkpointing_pays_when_forces_are_the_energy_gradient(family):
     """Activation bytes of one training step at P = 1: with -dE/dpos, the forces' graph used to
-    keep every recomputed block alive until the loss's backward pass (0.92x of the plain step
-    for DimeNet++ at #19's widths before)."""
+    keep every recomputed block alive until the loss's backward pass, which made checkpointing
+    save next to nothing (docs/benchmarks.md gives the figures at the bench's widths)."""
     from helpers.oc20 import fairchem_batch, oc20_batch_atoms
 
     if family == "dimenet":
@@ -247,5 +247,5 @@ def test_checkpointing_pays_when_forces_are_the_energy_gradient(family):
     batch = fairchem_batch(oc20_batch_atoms(2))
     plain = step_peak(build(), batch)
     checkpointed = step_peak(build(activation_checkpointing=True), batch)
-    # at these widths: DimeNet++ 0.51x, GemNet 0.59x; at #19's widths 0.30x and 0.24x
+    # Wider models save more; at these test widths the saving is smallest.
     assert checkpointed < 0.65 * plain, (checkpointed, plain)

@@ -14,7 +14,7 @@ from helpers import dimenet_cases, gemnet_cases, painn_cases
 from helpers.stall_cases import GEMNET_XL_LAYERS, count_step, held_out_batch
 
 SYSTEMS = (1, 4)
-MAX_STALLS = 40  # per step with 4 systems (issue #18)
+MAX_STALLS = 40  # per step with 4 systems
 MAX_GROWTH = 8  # more stalls with 4 systems than with 1
 
 FAMILIES = {

@@ -281,8 +281,8 @@ def test_plan_shards_over_the_gp_group_or_the_given_world(capsys):
 
 
 def test_gemnet_xl_floor_plan_recommends_checkpointing_on_at_most_four_gpus(capsys):
-    """#19's floor: GemNet-XL, 1000 atoms and 50,000 edges per structure on 32 GiB GPUs (8
-    GPUs per GP group without the memory options)."""
+    """GemNet-XL, 1000 atoms and 50,000 edges per structure on 32 GiB GPUs: at most four GPUs
+    per GP group with the memory options (8 without them)."""
     args = [
         "plan",
         "--config",
