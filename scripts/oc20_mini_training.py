@@ -115,7 +115,8 @@ def fairchem(
 def train_and_predict(data: Path, work: Path, samples: dict, args: argparse.Namespace):
     """Train on the demo's schedule, then predict the held-out frames with the final model;
     returns (schedule, training seconds, scores)."""
-    from ocp_graphpar.tools.demo.stages import resolved_config, training_schedule
+    from ocp_graphpar.tools.demo.schedule import training_schedule
+    from ocp_graphpar.tools.demo.stages import resolved_config
     from ocp_graphpar.tools.export import resolve_prediction_file
     from ocp_graphpar.tools.report import score_s2ef_predictions
 

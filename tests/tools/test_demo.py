@@ -17,8 +17,8 @@ from ocp_graphpar.atomic import fingerprint, write_atomic
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.demo import DemoOptions, DemoPaths, command_line
 from ocp_graphpar.tools.demo.pipeline import StageRunner
+from ocp_graphpar.tools.demo.schedule import training_schedule
 from ocp_graphpar.tools.demo.splits import deal_by_system, leaderboard_file
-from ocp_graphpar.tools.demo.stages import training_schedule
 from ocp_graphpar.tools.demo.state import StageState
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,8 @@ import numpy as np
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.export import SPLITS, export_submission, validate_submission
-from ocp_graphpar.tools.export.submission import ROWS_KEY, read_predictions
+from ocp_graphpar.tools.export.layout import ROWS_KEY
+from ocp_graphpar.tools.export.writing import read_predictions
 
 
 def system_of(prediction_id: str) -> str:

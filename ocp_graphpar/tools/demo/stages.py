@@ -8,9 +8,8 @@ later stages need as a JSON-serialisable dict, paths relative to the demo folder
 
 from __future__ import annotations
 
-import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from ocp_graphpar.atomic import fingerprint
@@ -25,15 +24,12 @@ from ocp_graphpar.tools.demo.options import (
     DemoOptions,
     DemoPaths,
 )
+from ocp_graphpar.tools.demo.schedule import auto_frame_stride, training_schedule
 from ocp_graphpar.tools.demo.state import file_identity
 from ocp_graphpar.tools.export import SPLITS
 
 #: A leaderboard file needs one system per OC20 test split, and training needs one more.
 MIN_VAL_SYSTEMS = len(SPLITS)
-#: Fewest optimizer steps between two checkpoints (one costs about 0.3 s to write and sync).
-MIN_CHECKPOINT_INTERVAL = 20
-#: How far (relative) the validation spacing may move to land the last validation on the last step.
-EVAL_SPACING_SLACK = 0.15
 #: Validation during training uses a fixed random sample of this many validation frames (a
 #: validation pass costs about as much per batch as a training step on CPU); the predict stage
 #: then scores the final model on every validation frame.
@@ -183,7 +179,7 @@ def _trajectory_dataset(options: DemoOptions, out: Path):
         seed = options.seed
     train_names, _ = split_systems([s.name for s in systems], val_fraction, seed)
     train_frames = sum(s.n_frames for s in systems if s.name in set(train_names))
-    stride = options.frame_stride or auto_frame_stride(train_frames, options.steps)
+    stride = options.frame_stride or auto_frame_stride(train_frames, options.steps, _batch_size())
     summary = systems_to_lmdbs(
         [thin_frames(s, stride) for s in systems],
         out,
@@ -196,82 +192,11 @@ def _trajectory_dataset(options: DemoOptions, out: Path):
     return summary, stride
 
 
-def auto_frame_stride(train_frames: int, steps: int, batch_size: int | None = None) -> int:
-    """The smallest stride that keeps one epoch within ``steps`` optimizer steps."""
-    batch_size = batch_size or _batch_size()
-    return max(1, math.ceil(train_frames / (steps * batch_size)))
-
-
 def _batch_size() -> int:
     return int(resolved_config(S2EF_CONFIG)["optim"]["batch_size"])
 
 
 # ----------------------------------------------------------------------------- 2. train
-
-
-#: Learning-rate schedule, as fractions of the run (fairchem's warm-up and step decay, the form
-#: of the OC20 GemNet configs): linear warm-up from ``warmup_factor`` x the initial rate over
-#: the first 5% of the steps, then x ``lr_gamma`` (the config's) at 60% and at 85% of them.
-WARMUP_FRACTION = 0.05
-MILESTONE_FRACTIONS = (0.6, 0.85)
-#: fairchem reads milestones below 100 as epochs, a form it refuses: shorter runs skip them.
-FAIRCHEM_MIN_MILESTONE = 100
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Whole epochs near the asked-for steps, with validation and checkpoint intervals and the
-    learning-rate schedule.
-
-    fairchem validates every ``eval_every`` steps and checkpoints every ``checkpoint_every``
-    steps, not at the end: ``checkpoint_every`` divides the total so the final weights are
-    checkpointed; ``eval_every`` divides it too when a divisor is close to the asked-for spacing,
-    so the last validation is at the last step.
-    """
-
-    epochs: int
-    steps_per_epoch: int
-    total_steps: int
-    eval_every: int
-    checkpoint_every: int
-    warmup_steps: int
-    lr_milestones: tuple[int, ...]
-
-    def overrides(self) -> list[str]:
-        """The fairchem options that run this schedule."""
-        milestones = ",".join(map(str, self.lr_milestones))
-        return [
-            f"--optim.max_epochs={self.epochs}",
-            f"--optim.eval_every={self.eval_every}",
-            f"--optim.checkpoint_every={self.checkpoint_every}",
-            f"--optim.warmup_steps={self.warmup_steps}",
-            f"--optim.lr_milestones=[{milestones}]",
-        ]
-
-
-def training_schedule(train_frames: int, batch_size: int, steps: int, evaluations: int) -> Schedule:
-    """The schedule for ``train_frames`` in batches of ``batch_size`` (one GP group, so one
-    data-parallel replica: fairchem's sampler gives ``ceil(frames / batch)`` steps an epoch)."""
-    per_epoch = math.ceil(train_frames / batch_size)
-    epochs = max(1, round(steps / per_epoch))
-    total = epochs * per_epoch
-    divisors = [d for d in range(1, total + 1) if total % d == 0]
-    spacing = max(1, round(total / max(evaluations, 1)))
-    near = [d for d in divisors if abs(d - spacing) <= EVAL_SPACING_SLACK * spacing]
-    eval_every = min(near, key=lambda d: abs(d - spacing)) if near else spacing
-    # At every validation at least, but not more often than every MIN_CHECKPOINT_INTERVAL steps.
-    interval = min(MIN_CHECKPOINT_INTERVAL, eval_every)
-    checkpoint_every = min(d for d in divisors if d >= interval)
-    milestones = (round(fraction * total) for fraction in MILESTONE_FRACTIONS)
-    return Schedule(
-        epochs=epochs,
-        steps_per_epoch=per_epoch,
-        total_steps=total,
-        eval_every=eval_every,
-        checkpoint_every=checkpoint_every,
-        warmup_steps=max(1, round(WARMUP_FRACTION * total)),
-        lr_milestones=tuple(m for m in milestones if m >= FAIRCHEM_MIN_MILESTONE),
-    )
 
 
 def train_inputs(options: DemoOptions, data_fingerprint: str) -> dict:

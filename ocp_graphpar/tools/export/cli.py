@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from ocp_graphpar.tools.export.submission import (
+from ocp_graphpar.tools.export.layout import (
     DTYPES,
-    INPUT_NAMES,
     ROWS_KEY,
     SPLITS,
     TASKS,
-    check_submission,
-    collect_predictions,
     forces_note,
     format_summary,
-    load_submission,
     option,
-    output_path,
     summarize_submission,
+)
+from ocp_graphpar.tools.export.validation import check_submission, load_submission
+from ocp_graphpar.tools.export.writing import (
+    INPUT_NAMES,
+    collect_predictions,
+    output_path,
     write_submission,
 )
 
