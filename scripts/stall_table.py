@@ -1,7 +1,7 @@
 """Host-stalling and ATen operators per training step at P = 1, ours against upstream, on 1, 2
 and 4 held-out OC20 systems -> docs/stalls.md (the counts tests/runtime/test_stalls.py holds).
 
-Counted on CPU with ``ocp_graphpar.tools.bench.stalls.StallCounter`` (what would make a CUDA
+Counted on CPU with ``ocp_graphpar.measure.stalls.StallCounter`` (what would make a CUDA
 stream wait for the host); the models are the tests' tiny ones, GemNet with GemNet-XL's blocks
 and layers (counts do not depend on widths).
 

@@ -38,7 +38,7 @@ def upstream_model(seed: int = 0) -> DimeNetPlusPlusWrap:
 def graph_parallel_model(seed: int = 0, all_gather: bool = False, **options) -> DimeNetPPXL:
     """DimeNet++-XL with upstream's weights; ``all_gather``: the benchmark's variant that
     gathers every edge's features instead of the halo of down-projected ones."""
-    from ocp_graphpar.tools.bench.variants import AllGatherDimeNetPPXL
+    from ocp_graphpar.measure.variants import AllGatherDimeNetPPXL
 
     upstream = upstream_model(seed)
     model = (AllGatherDimeNetPPXL if all_gather else DimeNetPPXL)(**TINY, **options).double()

@@ -1,11 +1,11 @@
 """What tests/runtime/test_stalls.py and scripts/stall_table.py count: one training step, on held-out
-OC20 systems, under :class:`~ocp_graphpar.tools.bench.stalls.StallCounter`."""
+OC20 systems, under :class:`~ocp_graphpar.measure.stalls.StallCounter`."""
 
 from __future__ import annotations
 
 from helpers.oc20 import fairchem_batch, oc20_atoms, oc20_systems
-from ocp_graphpar.tools.bench.measure import training_step
-from ocp_graphpar.tools.bench.stalls import StallCounter
+from ocp_graphpar.measure.stalls import StallCounter
+from ocp_graphpar.measure.steps import training_step
 
 # GemNet-XL's blocks and layers; stall and operator counts do not depend on the widths.
 GEMNET_XL_LAYERS = dict(num_blocks=6, num_before_skip=1, num_after_skip=2, num_atom=3)

@@ -204,8 +204,8 @@ def test_a_block_that_returns_constants_beside_tensors():
 
 
 def step_peak(model, batch) -> int:
-    from ocp_graphpar.tools.bench.measure import training_step
-    from ocp_graphpar.tools.bench.memory import step_activation_peak
+    from ocp_graphpar.measure.memory import step_activation_peak
+    from ocp_graphpar.measure.steps import training_step
 
     for param in model.parameters():  # allocated before the step, as in training
         param.grad = torch.zeros_like(param)

@@ -14,10 +14,10 @@ from helpers.gemnet_cases import TINY
 from helpers.oc20 import require_oc20_mini
 
 from ocp_graphpar.cli import main
+from ocp_graphpar.measure.memory import LiveTensorBytes
 from ocp_graphpar.tools.bench import suite as bench_suite
 from ocp_graphpar.tools.bench.cli import JOURNAL_NAME
 from ocp_graphpar.tools.bench.journal import Journal
-from ocp_graphpar.tools.bench.memory import LiveTensorBytes
 from ocp_graphpar.tools.bench.memory_report import memory_floors
 from ocp_graphpar.tools.bench.report import floors, organise, per_rank_max, total
 

@@ -12,8 +12,8 @@ from helpers.dimenet_cases import TINY as DIMENET_TINY
 from helpers.oc20 import require_oc20_mini
 
 from ocp_graphpar.cli import main
-from ocp_graphpar.tools.bench.contenders import build_contender
-from ocp_graphpar.tools.bench.measure import measure_contender, training_step
+from ocp_graphpar.measure.contenders import build_contender
+from ocp_graphpar.measure.steps import measure_contender, training_step
 from ocp_graphpar.tools.bench.suite import load_batch
 from ocp_graphpar.tools.plan.estimate import (
     SETTINGS,

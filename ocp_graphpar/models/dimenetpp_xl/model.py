@@ -115,7 +115,7 @@ class DimeNetPPXL(GraphParallelModel, DimeNetPlusPlusWrap):
             raise UserFacingError(
                 "input_exchange is no longer a DimeNet++-XL option: the model always exchanges "
                 "the down-projected input-edge features; the all-gather variant is a benchmark "
-                "contender (ocp_graphpar.tools.bench, 'ours_all_gather'). Remove the key."
+                "contender (ocp_graphpar.measure.contenders, 'ours_all_gather'). Remove the key."
             )
         super().__init__(*args, **kwargs)
         self.detach_angles = detach_angles

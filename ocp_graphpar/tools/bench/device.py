@@ -5,8 +5,8 @@ On a GPU the step is timed by CUDA events, memory is the caching allocator's
 ``torch.cuda.max_memory_allocated`` and stalls are the warnings
 ``torch.cuda.set_sync_debug_mode("warn")`` raises, one per synchronizing operation. On a CPU
 (the tests) the same steps are timed by ``time.perf_counter``, memory is counted per tensor
-storage (:mod:`ocp_graphpar.tools.bench.memory`) and the stall column counts the operators that
-would stall a GPU (:class:`~ocp_graphpar.tools.bench.stalls.StallCounter`). Every result names
+storage (:mod:`ocp_graphpar.measure.memory`) and the stall column counts the operators that
+would stall a GPU (:class:`~ocp_graphpar.measure.stalls.StallCounter`). Every result names
 the method it was measured with.
 """
 
@@ -19,10 +19,10 @@ from collections import Counter
 
 import torch
 
-from ocp_graphpar.tools.bench.contenders import build_contender, running
-from ocp_graphpar.tools.bench.measure import _allocate_gradients, training_step
-from ocp_graphpar.tools.bench.memory import step_activation_peak, tensor_bytes
-from ocp_graphpar.tools.bench.stalls import StallCounter
+from ocp_graphpar.measure.contenders import build_contender, running
+from ocp_graphpar.measure.memory import step_activation_peak, tensor_bytes
+from ocp_graphpar.measure.stalls import StallCounter
+from ocp_graphpar.measure.steps import _allocate_gradients, training_step
 
 SYNC_WARNING = "called a synchronizing CUDA operation"  # torch.cuda.set_sync_debug_mode("warn")
 

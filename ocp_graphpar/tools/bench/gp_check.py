@@ -20,13 +20,13 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from ocp_graphpar.measure.contenders import build_contender
+from ocp_graphpar.measure.steps import training_step
+from ocp_graphpar.measure.wire import count_wire_bytes
 from ocp_graphpar.parallel import gp_group, gp_rank, gp_size, recording_plans
 from ocp_graphpar.parallel.groups import setup_groups, teardown_groups
-from ocp_graphpar.tools.bench.contenders import build_contender
 from ocp_graphpar.tools.bench.device import use_device
-from ocp_graphpar.tools.bench.measure import training_step
 from ocp_graphpar.tools.bench.staging import COLLECTIVES, refused_collectives, staged
-from ocp_graphpar.tools.bench.wire import count_wire_bytes
 
 
 @contextlib.contextmanager

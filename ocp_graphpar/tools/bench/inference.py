@@ -9,7 +9,7 @@ parameters (no gradients exist). The structure is built from a recipe in the sui
 
 from __future__ import annotations
 
-from ocp_graphpar.tools.bench.contenders import CONTENDERS
+from ocp_graphpar.measure.contenders import CONTENDERS
 
 GIB = 2**30
 #: Per-rank activation peak at P over ours at P = 1, at most.

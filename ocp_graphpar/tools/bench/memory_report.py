@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from ocp_graphpar.tools.bench.contenders import CONTENDERS, OURS
+from ocp_graphpar.measure.contenders import CONTENDERS, OURS
 
 MIB = 2**20
 CHECKPOINTED_PEAK_FLOOR = 0.35  # ours_ck / upstream activation peak at P = 1

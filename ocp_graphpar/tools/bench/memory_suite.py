@@ -5,10 +5,10 @@ besides its runs (e.g. ``ours_ck``, ours with activation checkpointing, at every
 
 - ``state_split`` (P = 1): the unsharded model state of one rank and the share each rank of a
   world of ``memory.world`` ranks would hold sharded, from the trainer's own partition
-  computed in one process (:func:`~ocp_graphpar.tools.bench.state.state_split`);
+  computed in one process (:func:`~ocp_graphpar.measure.state.state_split`);
 - ``state_world`` (only with ``memory.spawned: true``, on the suite's world of ``memory.world``
   ranks): each spawned rank's state unsharded and sharded, measured on that rank
-  (:func:`~ocp_graphpar.tools.bench.state.rank_state_bytes`). A world of XL models unsharded
+  (:func:`~ocp_graphpar.measure.state.rank_state_bytes`). A world of XL models unsharded
   does not fit a small machine, so this is for narrower workloads.
 
 Such workloads get no plain ``state`` record (``state_split`` holds it).
@@ -42,7 +42,7 @@ def check_memory_spec(name: str, memory: dict, sizes: list[int]) -> None:
 
 def memory_jobs(workload, config: dict, defined: str, *, size: int) -> list:
     """The memory records of ``workload`` made on the suite's world of ``size`` ranks."""
-    from ocp_graphpar.tools.bench.state import rank_state_bytes, state_split
+    from ocp_graphpar.measure.state import rank_state_bytes, state_split
     from ocp_graphpar.tools.bench.suite import _first_rank_record, _Job
 
     if not workload.memory:

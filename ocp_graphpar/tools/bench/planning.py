@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from ocp_graphpar.tools.bench.contenders import CONTENDERS, OURS, build_contender
+from ocp_graphpar.measure.contenders import CONTENDERS, OURS, build_contender
 
 MIB = 2**20
 WHO = {"ours": "ours", "ours_ck": "ours with activation checkpointing"}

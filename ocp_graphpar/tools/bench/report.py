@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ocp_graphpar.tools.bench.contenders import CONTENDERS
+from ocp_graphpar.measure.contenders import CONTENDERS
 
 MIB = 2**20
 

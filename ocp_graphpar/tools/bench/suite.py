@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ocp_graphpar.atomic import fingerprint
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.measure.contenders import CONTENDERS
 from ocp_graphpar.parallel.workers import RankDied, WorkerWorld
-from ocp_graphpar.tools.bench.contenders import CONTENDERS
 from ocp_graphpar.tools.bench.journal import Journal
 from ocp_graphpar.tools.bench.memory_suite import check_memory_spec
 
@@ -283,7 +283,7 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
     """The suite's records in the order they are made: the paired timings (each contender in
     a process of its own, started by the job), then P = 1 (model state there too), each
     larger world, and the planner (no world)."""
-    from ocp_graphpar.tools.bench.measure import (
+    from ocp_graphpar.measure.steps import (
         measure_contender,
         model_state_bytes,
         paired_step_times,

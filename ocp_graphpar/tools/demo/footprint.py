@@ -2,7 +2,7 @@
 
 fairchem's logs say nothing about graph parallelism, so the demo measures it apart: the demo
 config's model, built by the benchmark tools
-(:func:`ocp_graphpar.tools.bench.measure.measure_contender`), takes training steps on a batch of
+(:func:`ocp_graphpar.measure.steps.measure_contender`), takes training steps on a batch of
 demo systems on two spawned gloo ranks, which count the bytes through every collective, the
 memory of parameters, gradients and activations, and each rank's share of atoms, edges and
 triplets. The weights are the benchmark's seeded ones, not the trained ones: none of these
@@ -51,8 +51,8 @@ def sample_batch(lmdb_dir: str | os.PathLike, systems: int = 2):
 def measure_training_step(model: dict, batch, ranks: int = 2) -> list[dict]:
     """Per-rank figures of one training step of ``model`` on ``batch`` under graph parallelism
     over ``ranks`` spawned gloo ranks (one GP group): the dicts of ``measure_contender``."""
+    from ocp_graphpar.measure.steps import measure_contender
     from ocp_graphpar.parallel.workers import WorkerWorld
-    from ocp_graphpar.tools.bench.measure import measure_contender
 
     with WorkerWorld(ranks) as world:
         results = world.run(measure_contender, "ours", "gemnet", model, batch, repeats=1)

@@ -142,9 +142,9 @@ def precomputed_graph(family: str) -> dict:
 def trace_model(family: str, model_config: dict, *, inference: bool = False) -> Trace:
     """Trace the probe of ``model_config`` (one process, one training step, a few seconds);
     with ``inference``, one prediction (:func:`.measure.inference_call` of the bench)."""
-    from ocp_graphpar.tools.bench.contenders import build_contender
-    from ocp_graphpar.tools.bench.measure import inference_call, training_step
-    from ocp_graphpar.tools.bench.memory import LiveTensorBytes
+    from ocp_graphpar.measure.contenders import build_contender
+    from ocp_graphpar.measure.memory import LiveTensorBytes
+    from ocp_graphpar.measure.steps import inference_call, training_step
 
     config = {**model_config, **precomputed_graph(family)}
     batch = probe_batch()

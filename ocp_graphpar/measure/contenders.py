@@ -9,7 +9,7 @@ state dict:
   while the benchmark runs it, and nowhere else.
 - ``gemnet_t``, ``dimenetplusplus`` and ``painn``: upstream's single-process models (P = 1 only).
 - ``ours_all_gather``: DimeNet++-XL gathering every edge's features each block (the simple
-  design, :mod:`ocp_graphpar.tools.bench.variants`), to show what the halo of down-projected
+  design, :mod:`ocp_graphpar.measure.variants`), to show what the halo of down-projected
   features saves.
 - ``ours_ck``: ours with ``activation_checkpointing: True`` whatever the config says, beside
   ``ours`` as the config has it (issue #19's memory workloads).
@@ -79,7 +79,7 @@ def build_contender(
     torch.manual_seed(seed)
     ours_class = spec.model
     if name == "ours_all_gather":
-        from ocp_graphpar.tools.bench.variants import AllGatherDimeNetPPXL
+        from ocp_graphpar.measure.variants import AllGatherDimeNetPPXL
 
         ours_class = AllGatherDimeNetPPXL
     ours = ours_class(**{**model_config, **spec.build_options, **OURS.get(name, {})}).to(dtype)

@@ -17,11 +17,11 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from ocp_graphpar.measure.contenders import build_contender, running
+from ocp_graphpar.measure.flops import MatmulFlops
+from ocp_graphpar.measure.memory import step_activation_peak, tensor_bytes
+from ocp_graphpar.measure.wire import count_wire_bytes
 from ocp_graphpar.parallel import gp_rank, recording_plans
-from ocp_graphpar.tools.bench.contenders import build_contender, running
-from ocp_graphpar.tools.bench.flops import MatmulFlops
-from ocp_graphpar.tools.bench.memory import step_activation_peak, tensor_bytes
-from ocp_graphpar.tools.bench.wire import count_wire_bytes
 
 FORCE_COEFFICIENT = 100.0
 

@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 import torch
 
-from ocp_graphpar.tools.bench.contenders import build_contender, running
+from ocp_graphpar.measure.contenders import build_contender, running
 
 EMA_DECAY = 0.999  # the XL configs'
 
