@@ -45,9 +45,9 @@ def rank_state_bytes(family: str, model_config: dict) -> dict:
     ``{"unsharded": {...}, "sharded": {...}}``."""
     from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 
+    from ocp_graphpar.measure.model_state import model_state_bytes
     from ocp_graphpar.trainers.sharded_ema import ShardedEMA
     from ocp_graphpar.trainers.sharded_optimizer import Partition, ShardedOptimizer, world
-    from ocp_graphpar.trainers.sharded_state import model_state_bytes
 
     model = _model_with_gradients(family, model_config)
     result = {}
@@ -74,7 +74,7 @@ def state_split(family: str, model_config: dict, *, world_size: int) -> dict:
     ``world_size`` ranks would hold sharded (the trainer's partition, computed in one process)."""
     from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 
-    from ocp_graphpar.trainers.sharded_state import model_state_bytes, sharded_model_state_bytes
+    from ocp_graphpar.measure.model_state import model_state_bytes, sharded_model_state_bytes
 
     model = _model_with_gradients(family, model_config)
     optimizer = _optimizer(model)

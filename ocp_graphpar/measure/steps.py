@@ -3,7 +3,7 @@
 A training step here is what fairchem's trainer does between two optimizer steps: forward, the
 S2EF loss (energy MAE + 100 x force L2-MAE, as the GemNet-XL config) and backward. The optimizer
 step and the EMA update touch only replicated parameters, so they cost the same for every
-contender and every P; their state is measured once (:func:`model_state_bytes`). An inference
+contender and every P; their state is measured once (:func:`contender_state_bytes`). An inference
 workload measures a prediction instead (:func:`inference_call`).
 """
 
@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
@@ -190,10 +191,14 @@ def _load(partition) -> dict | None:
     }
 
 
-def model_state_bytes(name: str, family: str, model_config: dict, ema_decay: float = 0.999) -> dict:
+def contender_state_bytes(
+    name: str, family: str, model_config: dict, ema_decay: float = 0.999
+) -> dict:
     """Parameters, gradients, AdamW (AMSGrad) state and EMA after one optimizer step, measured
     with fairchem's EMA and torch's AdamW as the trainer builds them."""
     from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
+
+    from ocp_graphpar.measure.model_state import model_state_bytes
 
     model = build_contender(name, family, model_config)
     _allocate_gradients(model)
@@ -201,10 +206,4 @@ def model_state_bytes(name: str, family: str, model_config: dict, ema_decay: flo
     optimizer.step()
     ema = ExponentialMovingAverage(model.parameters(), ema_decay)
     ema.update()
-    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-    return {
-        "parameters": tensor_bytes(model.parameters()),
-        "gradients": tensor_bytes(p.grad for p in model.parameters()),
-        "optimizer": tensor_bytes(t for t in state if t.dim() > 0),
-        "ema": tensor_bytes(ema.shadow_params),
-    }
+    return asdict(model_state_bytes(model=model, optimizer=optimizer, ema=ema))

@@ -19,15 +19,12 @@ import torch.distributed as dist
 from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 
 from helpers.ocp_trainer import build_trainer, dp_batch
+from ocp_graphpar.measure.model_state import model_state_bytes, sharded_model_state_bytes
 from ocp_graphpar.trainers import preemption
 from ocp_graphpar.trainers.preemption import DeferredSignal
 from ocp_graphpar.trainers.sharded_ema import ShardedEMA
 from ocp_graphpar.trainers.sharded_optimizer import Partition, ShardedOptimizer, world
-from ocp_graphpar.trainers.sharded_state import (
-    model_state_bytes,
-    read_checkpoint,
-    sharded_model_state_bytes,
-)
+from ocp_graphpar.trainers.sharded_state import read_checkpoint
 
 GEMNET = "s2ef/gemnet_xl_demo"
 #: GemNet-XL at a few thousand parameters: 1 block, widths 4 to 8.

@@ -13,12 +13,12 @@ from helpers.oc20 import require_oc20_mini
 
 from ocp_graphpar.cli import main
 from ocp_graphpar.measure.contenders import build_contender
+from ocp_graphpar.measure.model_state import ModelStateBytes
 from ocp_graphpar.measure.steps import measure_contender, training_step
 from ocp_graphpar.tools.bench.suite import load_batch
 from ocp_graphpar.tools.plan.estimate import (
     SETTINGS,
     GraphSize,
-    ModelState,
     PlanRow,
     activation_bytes,
     model_state,
@@ -236,7 +236,7 @@ def test_sharding_splits_optimizer_state_and_ema_over_the_world():
     assert state.sharded(world=3).optimizer == 4000 and state.sharded(world=7).ema == 572
     assert state.sharded(world=1) == state
     # the trainer's own per-parameter accounting (ocp_graphpar.trainers.sharded_state)
-    from ocp_graphpar.trainers.sharded_state import bytes_per_parameter
+    from ocp_graphpar.measure.model_state import bytes_per_parameter
 
     optim = {
         "optimizer": "AdamW",
@@ -272,7 +272,7 @@ def test_plan_shards_over_the_gp_group_or_the_given_world(capsys):
         assert main(args + (["--world", world] if world else [])) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["recommended"] is None
-        state = ModelState(**report["state_bytes"])
+        state = ModelStateBytes(**report["state_bytes"])
         for entry in report["rows"]:
             assert entry["world"] == expected[entry["gp_size"]]
             ranks = expected[entry["gp_size"]] if entry["shard_optimizer_state"] else 1

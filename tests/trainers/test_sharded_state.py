@@ -18,8 +18,9 @@ from helpers.sharding_cases import (
 )
 
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.measure.model_state import bytes_per_parameter
 from ocp_graphpar.trainers.sharded_optimizer import Partition
-from ocp_graphpar.trainers.sharded_state import bytes_per_parameter, shard_optimizer_state
+from ocp_graphpar.trainers.sharded_state import shard_optimizer_state
 
 #: Four steps of 4 structures; at 2 DP x 2 GP each DP group takes 2 of them.
 BATCHES = [[0, 3, 5, 8], [1, 2, 6, 7], [4, 9, 10, 11], [12, 13, 14, 15]]

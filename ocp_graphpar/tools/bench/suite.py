@@ -284,8 +284,8 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
     a process of its own, started by the job), then P = 1 (model state there too), each
     larger world, and the planner (no world)."""
     from ocp_graphpar.measure.steps import (
+        contender_state_bytes,
         measure_contender,
-        model_state_bytes,
         paired_step_times,
     )
     from ocp_graphpar.tools.bench.memory_suite import memory_jobs
@@ -320,7 +320,7 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
                         ("state", name),
                         defined,
                         f"{name} model state",
-                        model_state_bytes,
+                        contender_state_bytes,
                         ("ours", workload.family, config),
                         partial(_first_rank_record, "state", name),
                     )

@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 from ocp_graphpar.errors import UserFacingError
-from ocp_graphpar.tools.plan.estimate import GIB, GraphSize, ModelState, PlanRow, plan_memory
+from ocp_graphpar.measure.model_state import ModelStateBytes
+from ocp_graphpar.tools.plan.estimate import GIB, GraphSize, PlanRow, plan_memory
 from ocp_graphpar.tools.plan.inference import format_inference_plan, plan_inference
 
 
@@ -49,7 +50,7 @@ def _gib(value: float) -> str:
 
 def format_plan(report: dict, triplets_given: bool = True) -> str:
     """The plan as text with a markdown table (also used in docs/benchmarks.md)."""
-    state = ModelState(**report["state_bytes"])
+    state = ModelStateBytes(**report["state_bytes"])
     graph = GraphSize(**report["graph"])
     world = report.get("world")
     lines = [
@@ -90,7 +91,7 @@ def format_plan(report: dict, triplets_given: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _advice(report: dict, state: ModelState) -> str:
+def _advice(report: dict, state: ModelStateBytes) -> str:
     best = report["recommended"]
     if best is not None:
         gp, keys = best["gp_size"], best["config_keys"]
@@ -105,7 +106,7 @@ def _advice(report: dict, state: ModelState) -> str:
             f"time), e.g. fairchem --mode train --config-yml {report['config']} "
             f"--num-gpus {num_gpus} --gp-gpus {gp}{overrides}"
         )
-    smallest = ModelState(**{**vars(state), "optimizer": 0, "ema": 0})
+    smallest = ModelStateBytes(**{**vars(state), "optimizer": 0, "ema": 0})
     if smallest.total + report["reserve_gib"] * GIB > report["gpu_mem_gib"] * GIB:
         return (
             "does not fit at any GP size: parameters and gradients alone exceed the GPU, and "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.measure.model_state import ModelStateBytes, bytes_per_parameter
 from ocp_graphpar.tools.plan.trace import WIDTHS, Trace, family_of, trace_model
 
 GIB = 2**30
@@ -51,31 +52,6 @@ class GraphSize:
         if kmax is None:
             kmax = max(math.ceil(degree), 1)
         return cls(atoms, edges, triplets, kmax)
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """Bytes per rank that do not depend on P."""
-
-    parameters: int
-    gradients: int
-    optimizer: int
-    ema: int
-
-    @property
-    def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.ema
-
-    def sharded(self, *, world: int) -> ModelState:
-        """Per-rank bytes with the optimizer state and EMA partitioned over ``world`` ranks
-        (rounded up: a rank holds at most its even share); parameters and gradients stay
-        replicated, as every rank's forward and backward needs them whole."""
-        return ModelState(
-            parameters=self.parameters,
-            gradients=self.gradients,
-            optimizer=math.ceil(self.optimizer / world),
-            ema=math.ceil(self.ema / world),
-        )
 
 
 @dataclass(frozen=True)
@@ -120,15 +96,13 @@ class PlanRow:
     fits: bool
 
 
-def model_state(num_parameters: int, optim: dict) -> ModelState:
+def model_state(num_parameters: int, optim: dict) -> ModelStateBytes:
     """fairchem's float32 training state, replicated (the rows' sharding divides it): the
     trainer's own per-parameter accounting, e.g. AdamW's two moments, AMSGrad's third buffer
     and the EMA copy with ``ema_decay``."""
-    from ocp_graphpar.trainers.sharded_state import bytes_per_parameter
-
     unsharded = {**optim, "shard_optimizer_state": False}
     per_parameter = bytes_per_parameter(optim=unsharded, world_size=1, element_size=FLOAT32)
-    return ModelState(
+    return ModelStateBytes(
         parameters=round(num_parameters * per_parameter.parameters),
         gradients=round(num_parameters * per_parameter.gradients),
         optimizer=round(num_parameters * per_parameter.optimizer),
@@ -151,7 +125,7 @@ def activation_bytes(trace: Trace, widths: dict, graph: GraphSize, batch: int, g
 def plan_rows(
     traces: dict[bool, Trace],
     widths: dict,
-    state: ModelState,
+    state: ModelStateBytes,
     graph: GraphSize,
     *,
     batch: int,
