@@ -52,7 +52,7 @@ def inference_call(model: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
         return model(batch.clone())
 
 
-def _allocate_gradients(model: torch.nn.Module) -> None:
+def allocate_gradients(model: torch.nn.Module) -> None:
     """Gradients exist before the step, as from the second step on in training."""
     for param in model.parameters():
         if param.requires_grad:
@@ -87,7 +87,7 @@ def measure_contender(
         model = build_contender(name, family, model_config).to(device)
         model.train(not inference)
         if not inference:
-            _allocate_gradients(model)
+            allocate_gradients(model)
         with (
             count_wire_bytes() as wire,
             step_activation_peak(device) as peak,
@@ -201,7 +201,7 @@ def contender_state_bytes(
     from ocp_graphpar.measure.model_state import model_state_bytes
 
     model = build_contender(name, family, model_config)
-    _allocate_gradients(model)
+    allocate_gradients(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True)
     optimizer.step()
     ema = ExponentialMovingAverage(model.parameters(), ema_decay)

@@ -12,9 +12,9 @@ module             concern
 ``halo``           rows a rank needs from peers, and their exchange
 ``indexing``       owner/row/slot arithmetic shared by the builders
 ``plan``           the plan types and what layers ask of them
-``partition``      building a batch's plan
-``stats``          collective traffic and built plans, for tests and benchmarks
-``testing``        spawned gloo worlds on CPU
+``partition``      building a batch's plan, and recording the plans built (tests, benchmarks)
+``stats``          collective traffic, for tests and benchmarks
+``workers``        spawned worker ranks (gloo or NCCL) driven from one process
 =================  ===========================================================================
 """
 
@@ -39,9 +39,9 @@ from ocp_graphpar.parallel.groups import (
     teardown_groups,
 )
 from ocp_graphpar.parallel.halo import Halo
-from ocp_graphpar.parallel.partition import build_partition
+from ocp_graphpar.parallel.partition import build_partition, recording_plans
 from ocp_graphpar.parallel.plan import PartitionPlan, PartitionStats
-from ocp_graphpar.parallel.stats import CommStats, comm_stats, counting, recording_plans
+from ocp_graphpar.parallel.stats import CommStats, comm_stats, counting
 
 __all__ = [
     "CommStats",

@@ -98,7 +98,7 @@ def balanced_spatial_owner(
     if size == 1 or batch.numel() == 0:
         return torch.zeros_like(batch)
     systems = _Systems.of(batch)
-    coords = _fractional(batch, pos, cell)
+    coords = fractional_coordinates(batch, pos, cell)
     atoms = torch.arange(batch.numel(), device=batch.device)
     orders = torch.cat([atoms[None], _cyclic_orders(coords, systems)])
     system_work = _system_work(work, systems)
@@ -347,7 +347,9 @@ def index_split_owner(
     return torch.searchsorted(thresholds, midpoints, right=True)
 
 
-def _fractional(batch: Tensor, pos: Tensor, cell: Tensor | None) -> Tensor:
+def fractional_coordinates(batch: Tensor, pos: Tensor, cell: Tensor | None) -> Tensor:
+    """``(n_atoms, 3)`` float64 positions in their system's cell (Cartesian without a cell, or
+    where the cell is singular)."""
     if cell is None:
         return pos.double()
     cell = cell.double().view(-1, 3, 3)

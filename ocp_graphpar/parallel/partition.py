@@ -7,6 +7,9 @@ from :mod:`ocp_graphpar.parallel.balance`, the exchanges from :mod:`ocp_graphpar
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -20,7 +23,6 @@ from ocp_graphpar.parallel.groups import gp_rank, gp_size
 from ocp_graphpar.parallel.halo import build_halo, empty_halo, halo_sizes
 from ocp_graphpar.parallel.indexing import rank_counts, rank_major, slots, sum_by_rank
 from ocp_graphpar.parallel.plan import PartitionPlan, PartitionStats
-from ocp_graphpar.parallel.stats import record_plan
 
 
 def build_partition(
@@ -231,3 +233,24 @@ def _split_plan(
         atom_counts=atom_counts,
         measure=measure,
     )
+
+
+_PLAN_RECORDERS: list[list[PartitionPlan]] = []
+
+
+def record_plan(plan: PartitionPlan) -> None:
+    """Hand ``plan`` to every open :func:`recording_plans`."""
+    for recorder in _PLAN_RECORDERS:
+        recorder.append(plan)
+
+
+@contextlib.contextmanager
+def recording_plans() -> Iterator[list[PartitionPlan]]:
+    """Collect every partition plan built inside the block (in build order), e.g. to read the
+    partition statistics of a model's forward pass."""
+    plans: list[PartitionPlan] = []
+    _PLAN_RECORDERS.append(plans)
+    try:
+        yield plans
+    finally:
+        _PLAN_RECORDERS.remove(plans)

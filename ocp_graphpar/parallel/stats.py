@@ -1,7 +1,7 @@
-"""What the runtime did, for tests and benchmarks: collective traffic and the plans it built.
+"""What the runtime did, for tests and benchmarks: collective traffic.
 
-Measurement stays outside the models: a benchmark or test opens :func:`counting` or
-:func:`recording_plans` around a forward pass, and the runtime reports into whatever is open.
+Measurement stays outside the models: a benchmark or test opens :func:`counting` around a
+forward pass, and the runtime reports into whatever is open.
 
 Bytes are those a rank receives from its peers: an all-to-all counts its received rows, an
 all-gather the rows of the other ranks, a reduce-scatter and an all-reduce what a ring
@@ -15,10 +15,6 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ocp_graphpar.parallel.plan import PartitionPlan
 
 
 @dataclass
@@ -63,24 +59,3 @@ def counting() -> Iterator[CommStats]:
         for kind in inner.calls:
             outer.calls[kind] += inner.calls[kind]
             outer.bytes[kind] += inner.bytes[kind]
-
-
-_PLAN_RECORDERS: list[list[PartitionPlan]] = []
-
-
-def record_plan(plan: PartitionPlan) -> None:
-    """Called by the plan builder: hand ``plan`` to every open :func:`recording_plans`."""
-    for recorder in _PLAN_RECORDERS:
-        recorder.append(plan)
-
-
-@contextlib.contextmanager
-def recording_plans() -> Iterator[list[PartitionPlan]]:
-    """Collect every partition plan built inside the block (in build order), e.g. to read the
-    partition statistics of a model's forward pass."""
-    plans: list[PartitionPlan] = []
-    _PLAN_RECORDERS.append(plans)
-    try:
-        yield plans
-    finally:
-        _PLAN_RECORDERS.remove(plans)

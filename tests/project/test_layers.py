@@ -1,5 +1,6 @@
 """The package's folders import one way: tools above measurement and the calculator, those above
-the trainers and models, the models above the runtime. Every import counts, function-local ones
+the trainers and models, the models above the runtime; no module is part of an import cycle, and
+no module (or test) imports another's private names. Every import counts, function-local ones
 included, since they are as much a dependency as the ones at the top of a file."""
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "ocp_graphpar"
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "ocp_graphpar"
 
 #: Each folder's layer: a folder may import from lower layers only (``tools.*`` siblings are
 #: checked by :data:`TOOLS_MAY_USE`).
@@ -94,3 +96,72 @@ def test_tools_share_measurement_not_each_other():
         if target.startswith("tools.") and target not in TOOLS_MAY_USE.get(source, set())
     ]
     assert not sideways, "tools importing other tools:\n" + "\n".join(sorted(sideways))
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (a name imported from a package counts as
+    the submodule when there is one)."""
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in PACKAGE.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            # a submodule importing its own package runs the package first: no cycle
+            targets |= {n for n in names if n in modules and not module.startswith(f"{n}.")}
+        graph[module] = targets - {module}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while (member := stack.pop()) != node:
+                component.append(member)
+            if component:
+                cycles.append(sorted([node, *component]))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles():
+    assert not _cycles(_module_imports())
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ocp_graphpar"):
+                private += [
+                    f"{path.relative_to(ROOT)}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not private, "\n".join(private)

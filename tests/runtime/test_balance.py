@@ -15,9 +15,9 @@ from helpers.oc20 import graph_from_atoms, oc20_atoms, oc20_systems
 
 from ocp_graphpar.parallel.balance import (
     WorkWeights,
-    _fractional,
     atom_work,
     balanced_spatial_owner,
+    fractional_coordinates,
 )
 
 DYADIC = WorkWeights(triplet=0.25)
@@ -27,7 +27,7 @@ def assert_same_owners(batch, pos, cell, edge_index, *, size):
     work = atom_work(edge_index, batch.numel(), weights=DYADIC)
     ours = balanced_spatial_owner(batch, pos, cell, edge_index, work, size)
     expected = reference_owner(
-        batch, _fractional(batch, pos, cell), edge_index, work, size=size, snap=0.05
+        batch, fractional_coordinates(batch, pos, cell), edge_index, work, size=size, snap=0.05
     )
     assert torch.equal(ours, expected)
 

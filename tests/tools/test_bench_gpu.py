@@ -13,7 +13,12 @@ import torch.distributed as dist
 from helpers.oc20 import require_oc20_mini
 
 from ocp_graphpar.cli import main
-from ocp_graphpar.tools.bench.staging import COLLECTIVES, _probe, refused_collectives, staged
+from ocp_graphpar.tools.bench.staging import (
+    COLLECTIVES,
+    probe_collective,
+    refused_collectives,
+    staged,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_SUITE = REPO / "configs" / "bench" / "gpu.yml"
@@ -126,11 +131,11 @@ def test_gpu_suite_report_names_device_method_and_staging(cpu_run):
 def staging_round(name: str) -> dict:
     """On every rank: collective ``name`` with known values through the host staging, plain,
     and asynchronously through the staging."""
-    call, correct = _probe(name, torch.device("cpu"), None)
+    call, correct = probe_collective(name, torch.device("cpu"), None)
     with staged([name]) as calls:
         call()
     staged_ok, staged_calls = correct(), calls[name]
-    call, correct = _probe(name, torch.device("cpu"), None)
+    call, correct = probe_collective(name, torch.device("cpu"), None)
     call()
     tensor = torch.ones(3)
     with staged(["all_reduce"]):
@@ -208,10 +213,10 @@ def runs_out_of_memory() -> None:
 
 def test_a_run_that_fails_is_reported_and_the_suite_goes_on():
     from ocp_graphpar.tools.bench.device_report import render_device_markdown
-    from ocp_graphpar.tools.bench.device_suite import _in_world
+    from ocp_graphpar.tools.bench.device_suite import run_in_world
 
     key = {"workload": "gemnet_xl", "contender": "gemnet_t"}
-    assert _in_world(1, key, runs_out_of_memory) is None
+    assert run_in_world(1, key, runs_out_of_memory) is None
     assert key["kind"] == "failed"
     assert key["reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     environment = {"command": "c", "device": "cuda", "device_name": "GPU", "torch": "t"}

@@ -22,7 +22,7 @@ import torch
 from ocp_graphpar.measure.contenders import build_contender, running
 from ocp_graphpar.measure.memory import step_activation_peak, tensor_bytes
 from ocp_graphpar.measure.stalls import StallCounter
-from ocp_graphpar.measure.steps import _allocate_gradients, training_step
+from ocp_graphpar.measure.steps import allocate_gradients, training_step
 
 SYNC_WARNING = "called a synchronizing CUDA operation"  # torch.cuda.set_sync_debug_mode("warn")
 
@@ -155,7 +155,7 @@ def measure_on_device(
     batch = batch.to(device)
     with running(name):
         model = build_contender(name, family, model_config).to(device).train()
-        _allocate_gradients(model)  # as from the second step of training on
+        allocate_gradients(model)  # as from the second step of training on
         for _ in range(warmup):
             training_step(model, batch)
         timing = step_times(model, batch, device, steps=steps)

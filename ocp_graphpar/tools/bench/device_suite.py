@@ -93,7 +93,7 @@ def run_device_suite(
                 time.perf_counter() - started,
             )
             key = {"workload": workload.name, "contender": contender}
-            result = _in_world(
+            result = run_in_world(
                 1,
                 key,
                 measure_on_device,
@@ -142,7 +142,7 @@ def _gp_checks(suite: Suite, batches: dict, device: str, force_staging, started:
             time.perf_counter() - started,
         )
         key = {"workload": name, "check": f"P = {size}"}
-        per_rank = _in_world(
+        per_rank = run_in_world(
             size,
             key,
             gp_equality,
@@ -178,7 +178,7 @@ def _gp_checks(suite: Suite, batches: dict, device: str, force_staging, started:
     return records
 
 
-def _in_world(size: int, key: dict, fn, *args, **kwargs) -> list | None:
+def run_in_world(size: int, key: dict, fn, *args, **kwargs) -> list | None:
     """``fn(*args, **kwargs)`` on every rank of a fresh world of ``size`` ranks: the per-rank
     results, or ``None`` with ``key`` made a ``failed`` record (the suite goes on)."""
     threads = max(1, (os.cpu_count() or 1) // size)

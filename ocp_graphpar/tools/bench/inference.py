@@ -10,6 +10,7 @@ parameters (no gradients exist). The structure is built from a recipe in the sui
 from __future__ import annotations
 
 from ocp_graphpar.measure.contenders import CONTENDERS
+from ocp_graphpar.tools.bench.tables import failed_list, mib
 
 GIB = 2**30
 #: Per-rank activation peak at P over ours at P = 1, at most.
@@ -82,9 +83,7 @@ def inference_floors(entry: dict) -> list[tuple[str, float, float, bool]]:
 
 def inference_section(name: str, entry: dict) -> list[str]:
     """An inference workload's section of ``docs/benchmarks.md``."""
-    from ocp_graphpar.tools.bench.memory_report import _mib
     from ocp_graphpar.tools.bench.planning import plan_check_table
-    from ocp_graphpar.tools.bench.report import _failed_list
 
     info, runs = entry["info"], entry["runs"]
     lines = [
@@ -122,14 +121,14 @@ def inference_section(name: str, entry: dict) -> list[str]:
         cpu = [rank["cpu_s"] for rank in ranks]
         lines.append(
             f"| {CONTENDERS[contender].label} | {size} "
-            f"| {_mib(max(r['memory']['parameters'] for r in ranks))} "
-            f"| {_mib(peak)} | {'-' if one is None else f'{peak / one:.3f}'} "
+            f"| {mib(max(r['memory']['parameters'] for r in ranks))} "
+            f"| {mib(peak)} | {'-' if one is None else f'{peak / one:.3f}'} "
             f"| {'-' if None in seconds else f'{max(seconds):.2f}'} "
             f"| {'-' if None in cpu else f'{max(cpu):.2f}'} "
             f"| {max(r['comm']['bytes'] for r in ranks) / 2**20:,.2f} MiB "
             f"| {run['threads_per_rank']} |"
         )
-    lines += ["", *_failed_list(entry.get("failed", []))]
+    lines += ["", *failed_list(entry.get("failed", []))]
     if "plan_check" in entry:
         lines += plan_check_table(runs, entry["plan_check"])
     lines += _config_widths(entry.get("plan_check_config"))

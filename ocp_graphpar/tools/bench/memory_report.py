@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ocp_graphpar.measure.contenders import CONTENDERS, OURS
+from ocp_graphpar.tools.bench.tables import floor_table, mib
 
 MIB = 2**20
 CHECKPOINTED_PEAK_FLOOR = 0.35  # ours_ck / upstream activation peak at P = 1
@@ -104,7 +105,6 @@ def _is_floor_plan(plan: dict) -> bool:
 
 def memory_section(table: dict, plans: list[dict]) -> list[str]:
     """``## Memory (issue #19)``: floors, per-rank totals, model state and step-time cost."""
-    from ocp_graphpar.tools.bench.report import _floor_table
 
     workloads = list(_memory_workloads(table))
     if not workloads:
@@ -119,7 +119,7 @@ def memory_section(table: dict, plans: list[dict]) -> list[str]:
         "Activations are the step's peak beyond parameters and gradients, measured as in the "
         "workloads above (one counted step per run).",
         "",
-        *_floor_table(memory_floors(table, plans), issue="#19"),
+        *floor_table(memory_floors(table, plans), issue="#19"),
     ]
     for name, entry in workloads:
         lines += [f"### {name}", "", f"{entry['info']['description']}.", ""]
@@ -142,12 +142,12 @@ def _totals_table(entry: dict) -> list[str]:
         entry["runs"].items(), key=lambda kv: (kv[0][1], kv[0][0])
     ):
         activations = _activations(run)
-        plain = "-" if replicated is None else _mib(activations + replicated)
-        sharded = "-" if share is None else _mib(activations + share[1])
+        plain = "-" if replicated is None else mib(activations + replicated)
+        sharded = "-" if share is None else mib(activations + share[1])
         if contender not in OURS:
             sharded = "n/a (upstream)"
         lines.append(
-            f"| {CONTENDERS[contender].label} | {size} | {_mib(activations)} | {plain} "
+            f"| {CONTENDERS[contender].label} | {size} | {mib(activations)} | {plain} "
             f"| {sharded} |"
         )
     return [*lines, ""]
@@ -194,9 +194,9 @@ def _state_table(entry: dict) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for what, state in rows:
-        parts = " | ".join(_mib(state[k]) for k in ("parameters", "gradients", "optimizer", "ema"))
+        parts = " | ".join(mib(state[k]) for k in ("parameters", "gradients", "optimizer", "ema"))
         lines.append(
-            f"| {what} | {parts} | {_mib(_total(state))} " f"| {_total(state) / unsharded:.3f} |"
+            f"| {what} | {parts} | {mib(_total(state))} " f"| {_total(state) / unsharded:.3f} |"
         )
     return [*lines, ""]
 
@@ -226,11 +226,6 @@ def _step_time_table(workloads: list[tuple[str, dict]]) -> list[str]:
             f"| {cpu['ours_ck'] / cpu['ours']:.3f} |"
         )
     return [*lines, ""]
-
-
-def _mib(value: float) -> str:
-    """MiB, with a decimal below 100 MiB (tiny runs, sharded small models)."""
-    return f"{value / MIB:,.0f} MiB" if value >= 100 * MIB else f"{value / MIB:,.1f} MiB"
 
 
 def plot_memory(table: dict, path: Path) -> Path:

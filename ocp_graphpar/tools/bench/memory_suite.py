@@ -19,6 +19,7 @@ from __future__ import annotations
 from functools import partial
 
 from ocp_graphpar.errors import UserFacingError
+from ocp_graphpar.tools.bench.jobs import Job, first_rank_record
 
 #: The keys a workload's ``memory:`` section may set.
 MEMORY_KEYS = {"world", "spawned"}
@@ -43,7 +44,6 @@ def check_memory_spec(name: str, memory: dict, sizes: list[int]) -> None:
 def memory_jobs(workload, config: dict, defined: str, *, size: int) -> list:
     """The memory records of ``workload`` made on the suite's world of ``size`` ranks."""
     from ocp_graphpar.measure.state import rank_state_bytes, state_split
-    from ocp_graphpar.tools.bench.suite import _first_rank_record, _Job
 
     if not workload.memory:
         return []
@@ -51,20 +51,20 @@ def memory_jobs(workload, config: dict, defined: str, *, size: int) -> list:
     jobs = []
     if size == 1:
         jobs.append(
-            _Job(
+            Job(
                 1,
                 ("state_split", name),
                 defined,
                 f"{name} model state, split",
                 state_split,
                 (workload.family, config),
-                partial(_first_rank_record, "state_split", name),
+                partial(first_rank_record, "state_split", name),
                 {"world_size": world},
             )
         )
     if size == world and workload.memory.get("spawned"):
         jobs.append(
-            _Job(
+            Job(
                 world,
                 ("state_world", name),
                 defined,

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ocp_graphpar.measure.contenders import CONTENDERS
+from ocp_graphpar.tools.bench.tables import failed_list, floor_table
 
 MIB = 2**20
 
@@ -136,9 +137,9 @@ def _workload_section(name: str, entry: dict) -> list[str]:
         "",
     ]
     if info.get("floors"):
-        lines += _floor_table(floors(entry))
+        lines += floor_table(floors(entry))
     lines += _run_table(runs)
-    lines += _failed_list(entry.get("failed", []))
+    lines += failed_list(entry.get("failed", []))
     if "paired" in entry:
         lines += _paired_table(entry["paired"])
     if "state" in entry:
@@ -149,21 +150,6 @@ def _workload_section(name: str, entry: dict) -> list[str]:
     if "plan_check_ck" in entry:
         lines += plan_check_table(runs, entry["plan_check_ck"], contender="ours_ck")
     return lines
-
-
-def _floor_table(checks, issue: str = "#8") -> list[str]:
-    lines = [f"| Floor (issue {issue}) | Measured | Floor | Holds |", "|---|---:|---:|---|"]
-    for what, value, floor, holds in checks:
-        lines.append(
-            f"| {what} | {_number(value, 3)} | <= {_number(floor, 2)} "
-            f"| {'yes' if holds else 'NO'} |"
-        )
-    return [*lines, ""]
-
-
-def _number(value: float, digits: int) -> str:
-    """A count as a count (GPUs), a ratio with ``digits`` decimals."""
-    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
 
 
 def _run_table(runs: dict) -> list[str]:
@@ -190,18 +176,6 @@ def _seconds(run: dict, key: str) -> str:
     """Step time, or "-" for a run only counted (no timed steps: ``repeats: 0``)."""
     values = [rank[key] for rank in run["per_rank"]]
     return "-" if None in values else f"{max(values):.2f}"
-
-
-def _failed_list(failed: list[dict]) -> list[str]:
-    if not failed:
-        return []
-    lines = ["Did not finish on this machine (not measured; the tables leave them out):", ""]
-    for record in failed:
-        what = record["of"]
-        if what == "run":
-            what = f"{CONTENDERS[record['contender']].label} at P = {record['size']}"
-        lines.append(f"* {what}: {record['reason']}.")
-    return [*lines, ""]
 
 
 def _gflops(run: dict) -> str:

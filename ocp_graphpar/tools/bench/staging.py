@@ -53,7 +53,9 @@ COLLECTIVES = tuple(
 ROWS = 2  # rows per rank in the probes
 
 
-def _probe(name: str, device: torch.device, group) -> tuple[Callable[[], None], Callable[[], bool]]:
+def probe_collective(
+    name: str, device: torch.device, group
+) -> tuple[Callable[[], None], Callable[[], bool]]:
     """``(call, correct)``: one call of collective ``name`` on float64 tensors of ``device``
     whose result is known, and the check of that result."""
     rank, size = dist.get_rank(group=group), dist.get_world_size(group=group)
@@ -111,7 +113,7 @@ def refused_collectives(
     device = torch.device(device)
     refused = {}
     for name in names:
-        call, correct = _probe(name, device, group)
+        call, correct = probe_collective(name, device, group)
         try:
             call()
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:

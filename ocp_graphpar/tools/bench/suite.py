@@ -10,11 +10,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import yaml
 from tqdm import tqdm
@@ -23,6 +21,7 @@ from ocp_graphpar.atomic import fingerprint
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.measure.contenders import CONTENDERS
 from ocp_graphpar.parallel.workers import RankDied, WorkerWorld
+from ocp_graphpar.tools.bench.jobs import Job, as_is, first_rank_record, tagged
 from ocp_graphpar.tools.bench.journal import Journal
 from ocp_graphpar.tools.bench.memory_suite import check_memory_spec
 
@@ -259,27 +258,7 @@ def _failed_record(key: tuple, reason: str) -> dict:
     return record
 
 
-@dataclass
-class _Job:
-    """One record to make: ``fn(*args, **kwargs)`` on every rank of a world of ``size`` ranks
-    (``size`` 0: once, in this process), then ``record(results, threads_per_rank)``."""
-
-    size: int
-    key: tuple
-    fingerprint: str
-    label: str
-    fn: Callable
-    args: tuple
-    record: Callable[[Any, int], dict]
-    kwargs: dict = field(default_factory=dict)
-
-    def make(self, world: WorkerWorld | None, threads: int) -> dict:
-        if world is None:
-            return self.record(self.fn(*self.args, **self.kwargs), threads)
-        return self.record(world.run(self.fn, *self.args, **self.kwargs), threads)
-
-
-def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
+def _jobs(suite: Suite, prepared, batches) -> list[Job]:
     """The suite's records in the order they are made: the paired timings (each contender in
     a process of its own, started by the job), then P = 1 (model state there too), each
     larger world, and the planner (no world)."""
@@ -292,14 +271,14 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
     from ocp_graphpar.tools.bench.planning import plan, plan_check
 
     jobs = [
-        _Job(
+        Job(
             0,
             ("paired", w.name),
             _definition(w, suite, paired=True),
             f"{w.name} paired timing",
             paired_step_times,
             (w.paired_timing, w.family, config, batches[w.name]),
-            partial(_tagged, "paired", w.name),
+            partial(tagged, "paired", w.name),
             {"rounds": w.paired_rounds},
         )
         for w, config in prepared
@@ -315,19 +294,19 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
             jobs += memory_jobs(workload, config, defined, size=size)
             if size == 1 and not workload.memory and not workload.inference:
                 jobs.append(
-                    _Job(
+                    Job(
                         1,
                         ("state", name),
                         defined,
                         f"{name} model state",
                         contender_state_bytes,
                         ("ours", workload.family, config),
-                        partial(_first_rank_record, "state", name),
+                        partial(first_rank_record, "state", name),
                     )
                 )
             for contender in workload.runs_at(size):
                 jobs.append(
-                    _Job(
+                    Job(
                         size,
                         ("run", name, contender, size),
                         defined,
@@ -346,42 +325,30 @@ def _jobs(suite: Suite, prepared, batches) -> list[_Job]:
     for workload, config in prepared:
         name = workload.name
         jobs.append(
-            _Job(
+            Job(
                 0,
                 ("plan_check", name),
                 _definition(workload, suite),
                 f"{name} planner check",
                 plan_check,
                 (workload, config, batches[name]),
-                _as_is,
+                as_is,
                 {"sizes": suite.sizes},
             )
         )
     for index, spec in enumerate(suite.plans):
         jobs.append(
-            _Job(
+            Job(
                 0,
                 ("plan", index),
                 fingerprint({"plan": spec, "config": Path(spec["config"]).read_text()}),
                 f"plan {index}",
                 plan,
                 (spec,),
-                _as_is,
+                as_is,
             )
         )
     return jobs
-
-
-def _first_rank_record(kind: str, workload: str, per_rank: list[dict], _threads: int) -> dict:
-    return _tagged(kind, workload, per_rank[0], _threads)
-
-
-def _tagged(kind: str, workload: str, result: dict, _threads: int) -> dict:
-    return {"kind": kind, "workload": workload, **result}
-
-
-def _as_is(record: dict, _threads: int) -> dict:
-    return record
 
 
 def _definition(workload: Workload, suite: Suite, paired: bool = False) -> str:
