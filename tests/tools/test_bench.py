@@ -17,6 +17,7 @@ from ocp_graphpar.cli import main
 from ocp_graphpar.measure.memory import LiveTensorBytes
 from ocp_graphpar.tools.bench import suite as bench_suite
 from ocp_graphpar.tools.bench.cli import JOURNAL_NAME
+from ocp_graphpar.tools.bench.jobs import Job
 from ocp_graphpar.tools.bench.journal import Journal
 from ocp_graphpar.tools.bench.memory_report import memory_floors
 from ocp_graphpar.tools.bench.report import floors, organise, per_rank_max, total
@@ -78,7 +79,7 @@ def small_suite(tmp_path_factory):
 
 
 def _made_jobs(command: list[str], interrupt_after: int | None = None) -> list[str]:
-    made, make = [], bench_suite._Job.make
+    made, make = [], Job.make
 
     def counted(job, world, threads):
         if len(made) == interrupt_after:
@@ -86,7 +87,7 @@ def _made_jobs(command: list[str], interrupt_after: int | None = None) -> list[s
         made.append(job.label)
         return make(job, world, threads)
 
-    with mock.patch.object(bench_suite._Job, "make", counted):
+    with mock.patch.object(Job, "make", counted):
         if interrupt_after is None:
             assert main(command) == 0
         else:
@@ -340,7 +341,7 @@ def test_a_run_whose_rank_dies_is_reported_and_the_suite_goes_on(monkeypatch):
     from ocp_graphpar.tools.bench.report import render_markdown
 
     def job(key, fn, args, record):
-        return bench_suite._Job(2, key, "f", " ".join(map(str, key)), fn, args, record)
+        return Job(2, key, "f", " ".join(map(str, key)), fn, args, record)
 
     probe = {
         "kind": "workload",
