@@ -9,9 +9,9 @@
 #                                      # cu128), then the suite
 #   bash scripts/gpu_check.sh setup    # only that setup
 #   bash scripts/gpu_check.sh bench    # only the suite, with $PY (default .venv/bin/python)
-# The suite writes benchmarks_gpu.md, benchmarks_gpu.json and gpu_check.log into $OUT when set,
-# else docs/, and exits non-zero when the graph-parallel check on the GPU fails (124 when it ran
-# out of time). Kit mode reads the kit's OC20 frames; the others read ../shared/data/oc20_mini,
+# The suite writes benchmarks_gpu.md, benchmarks_gpu/ and gpu_check.log into $OUT when set, else
+# docs/; then scripts/gp_device_check.py writes gp_device_check.md and .json there, and the script
+# exits non-zero when the graph-parallel check on the GPU fails (124 when the suite ran out of time). Kit mode reads the kit's OC20 frames; the others read ../shared/data/oc20_mini,
 # for which a shared/ folder in the checkout stands in.
 #
 # Settings (environment variables):
@@ -155,7 +155,13 @@ sys.exit(0 if ok else "torch sees no GPU: a CUDA build is needed (make setup CUD
   set -e
   echo "bench took ${SECONDS} s (exit status $status)"
   [ "$status" != 124 ] || echo "gpu_check: the suite ran past its ${limit} s and was stopped (GPU_CHECK_TIMEOUT)"
-  return "$status"
+  [ "$status" = 0 ] || return "$status"
+  # Graph parallelism on the device: P gloo ranks share it, float64, against P = 1.
+  local device=(--device cuda) tiny=()
+  [[ " ${bench_args[*]} " != *" --device cpu "* ]] || device=(--device cpu)
+  [[ " ${bench_args[*]} " != *" --tiny "* ]] || tiny=(--tiny)
+  run env PYTHONUNBUFFERED=1 "$PY" scripts/gp_device_check.py --suite "$suite" --out "$out" \
+    "${device[@]}" "${tiny[@]}"
 }
 
 if [[ "$stage" == kit || "$stage" == install ]]; then

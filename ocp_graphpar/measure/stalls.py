@@ -10,12 +10,17 @@ confirms it).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _aten = torch.ops.aten
+
+#: The warning ``torch.cuda.set_sync_debug_mode("warn")`` raises at each synchronizing operation.
+SYNC_WARNING = "called a synchronizing CUDA operation"
 
 # Operators whose result the host reads (a value, or a data-dependent output size).
 _ALWAYS_STALL = {
@@ -64,3 +69,37 @@ class StallCounter(TorchDispatchMode):
         if _stalls(func, args, kwargs):
             self.stalls[str(func.overloadpacket.__name__)] += 1
         return func(*args, **kwargs)
+
+
+def step_stalls(step: Callable[[], object], device: torch.device) -> dict:
+    """Host stalls of one ``step()``, and its ATen operators.
+
+    ``stalls``: on a GPU the synchronizing operations ``torch.cuda.set_sync_debug_mode``
+    reports (``sites``: where, most frequent first); elsewhere the operators that would stall
+    a GPU, by :class:`StallCounter`, which also gives ``host_reading_ops`` and ``aten_ops`` on
+    every device (from a second step on a GPU, since its dispatch mode slows the step).
+    """
+    result: dict = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize(device)
+        syncs = [w for w in caught if SYNC_WARNING in str(w.message)]
+        sites = Counter(f"{w.filename}:{w.lineno}" for w in syncs)
+        result.update(stalls=len(syncs), sites=sites.most_common(), method="set_sync_debug_mode")
+    with StallCounter() as counter:
+        step()
+    result.update(
+        host_reading_ops=counter.num_stalls,
+        host_reading_by_op=dict(counter.stalls),
+        aten_ops=counter.operators,
+    )
+    if device.type != "cuda":
+        result.update(stalls=counter.num_stalls, sites=[], method="StallCounter")
+    return result

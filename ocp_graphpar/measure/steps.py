@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ocp_graphpar.measure.contenders import build_contender, running
 from ocp_graphpar.measure.flops import MatmulFlops
 from ocp_graphpar.measure.memory import step_activation_peak, tensor_bytes
+from ocp_graphpar.measure.stalls import step_stalls
 from ocp_graphpar.measure.wire import count_wire_bytes
 from ocp_graphpar.parallel import gp_rank, recording_plans
 
@@ -73,14 +74,17 @@ def measure_contender(
     device: str = "cpu",
     *,
     inference: bool = False,
+    warmup: int = 0,
+    stalls: bool = False,
 ) -> dict:
     """Bytes and calls per collective kind, activation peak, load and step times on this rank.
 
-    The first step is counted (collectives, and memory with gradients already allocated); the
-    ``repeats`` after it are timed. With ``inference`` a step is one prediction
-    (:func:`inference_call`, eval mode, no gradients allocated).
+    After ``warmup`` untimed steps, one step is counted (collectives, and memory with gradients
+    already allocated) and the ``repeats`` after it are timed. With ``inference`` a step is one
+    prediction (:func:`inference_call`, eval mode, no gradients allocated). With ``stalls``, one
+    more step counts host stalls (:func:`~ocp_graphpar.measure.stalls.step_stalls`).
     """
-    device = torch.device(device)
+    device = use_device(device)
     batch = batch.to(device)
     step = inference_call if inference else training_step
     with running(name):
@@ -88,6 +92,8 @@ def measure_contender(
         model.train(not inference)
         if not inference:
             allocate_gradients(model)
+        for _ in range(warmup):
+            step(model, batch)
         with (
             count_wire_bytes() as wire,
             step_activation_peak(device) as peak,
@@ -107,13 +113,17 @@ def measure_contender(
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
+        stall_counts = step_stalls(lambda: step(model, batch), device) if stalls else None
+    memory = {
+        "parameters": tensor_bytes(model.parameters()),
+        "gradients": tensor_bytes(p.grad for p in model.parameters()),
+        "activations": peak["peak"],
+    }
+    if device.type == "cuda":
+        memory["max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
     return {
         "comm": {"bytes": wire.total_bytes, "calls": wire.total_calls, "by_kind": wire.as_dict()},
-        "memory": {
-            "parameters": tensor_bytes(model.parameters()),
-            "gradients": tensor_bytes(p.grad for p in model.parameters()),
-            "activations": peak["peak"],
-        },
+        "memory": memory,
         "load": _load(partition),
         # matrix-multiply FLOPs of the step on this rank: the work, free of timing noise
         "flops": flops.total,
@@ -122,7 +132,21 @@ def measure_contender(
         # CPU seconds of this process's threads: unlike wall time, not inflated by other
         # processes sharing the cores
         "cpu_s": statistics.median(cpu_times) if cpu_times else None,
+        "device": str(device),
+        "systems": int(batch.natoms.numel()),
+        **({"stalls": stall_counts} if stalls else {}),
     }
+
+
+def use_device(device: str | torch.device) -> torch.device:
+    """``device`` with its index (``cuda`` is the current GPU), made this process's current
+    CUDA device."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    return device
 
 
 def paired_step_times(

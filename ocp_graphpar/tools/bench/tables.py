@@ -1,42 +1,46 @@
-"""Pieces of the bench's report that its sections share: threshold tables, byte sizes, and
-the list of runs that did not finish."""
+"""Pieces of the report that its sections share: tables of limits, sizes, times."""
 
 from __future__ import annotations
 
 from ocp_graphpar.measure.contenders import CONTENDERS
+from ocp_graphpar.tools.bench.limits import Check
+from ocp_graphpar.tools.bench.records import WorkloadResults
 
 MIB = 2**20
 
 
-def floor_table(checks, issue: str = "#8") -> list[str]:
-    """A markdown table of ``(what, measured, bound, holds)`` checks."""
-    lines = [f"| Floor (issue {issue}) | Measured | Floor | Holds |", "|---|---:|---:|---|"]
-    for what, value, floor, holds in checks:
-        lines.append(
-            f"| {what} | {number(value, 3)} | <= {number(floor, 2)} "
-            f"| {'yes' if holds else 'NO'} |"
-        )
+def limit_table(checks: list[Check]) -> list[str]:
+    """The limits as a markdown table (none: no lines)."""
+    if not checks:
+        return []
+    lines = ["| Limit | Measured | At most | Holds |", "|---|---:|---:|---|"]
+    for what, value, at_most in checks:
+        measured = str(value) if isinstance(value, int) else f"{value:.3f}"
+        holds = "yes" if value <= at_most else "NO"
+        lines.append(f"| {what} | {measured} | {at_most:g} | {holds} |")
     return [*lines, ""]
 
 
-def number(value: float, digits: int) -> str:
-    """A count as a count (GPUs), a ratio with ``digits`` decimals."""
-    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
-
-
-def failed_list(failed: list[dict]) -> list[str]:
-    """The records of runs that did not finish, as a markdown list (none: no lines)."""
-    if not failed:
+def failed_list(results: WorkloadResults) -> list[str]:
+    if not results.failed:
         return []
     lines = ["Did not finish on this machine (not measured; the tables leave them out):", ""]
-    for record in failed:
-        what = record["of"]
+    for failed in results.failed:
+        what = failed.of
         if what == "run":
-            what = f"{CONTENDERS[record['contender']].label} at P = {record['size']}"
-        lines.append(f"* {what}: {record['reason']}.")
+            what = f"{CONTENDERS[failed.contender].label} at P = {failed.size}"
+        lines.append(f"* {what}: {failed.reason}.")
     return [*lines, ""]
 
 
 def mib(value: float) -> str:
     """MiB, with a decimal below 100 MiB (tiny runs, sharded small models)."""
     return f"{value / MIB:,.0f} MiB" if value >= 100 * MIB else f"{value / MIB:,.1f} MiB"
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def by_size(results: WorkloadResults):
+    return sorted(results.runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
