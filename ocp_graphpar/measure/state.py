@@ -1,4 +1,4 @@
-"""Model state per rank with and without ``optim.shard_optimizer_state`` (issue #19).
+"""Model state per rank with and without ``optim.shard_optimizer_state``.
 
 Parameters and gradients are replicated on every rank; sharding partitions AdamW's moments, the
 AMSGrad maximum and fairchem's EMA over every rank of the world (DP x GP) by whole tensors
