@@ -1,11 +1,16 @@
 """Count the bytes every ``torch.distributed`` collective receives, whoever issues it.
 
-Our runtime counts its own collectives (``ocp_graphpar.parallel.stats``); to compare with code
-we do not control (upstream ``gp_gemnet_t``), this module wraps the ``torch.distributed``
-functions themselves for the duration of a block and applies the same accounting to both: what
-a rank receives from its peers (an all-gather the other ranks' parts, an all-to-all the rows
-from other ranks, a ring all-reduce ``2 (P - 1) / P`` of the buffer, a reduce-scatter
-``(P - 1) / P`` of the input).
+To compare with code we do not control (upstream ``gp_gemnet_t``), this module wraps the
+``torch.distributed`` functions themselves for the duration of a block and applies one
+accounting to every model: what a rank receives from its peers (an all-gather the other ranks'
+parts, an all-to-all the rows from other ranks, a ring all-reduce ``2 (P - 1) / P`` of the
+buffer, a reduce-scatter ``(P - 1) / P`` of the input).
+
+These are the buffers on the wire, padding included: an uneven all-gather or reduce-scatter is
+padded to the largest share, since NCCL's into-tensor forms need equal shares. The runtime's own
+count (``ocp_graphpar.parallel.stats``) is of the rows it needed, which no buffer handed to
+``torch.distributed`` carries; the tests hold the halo exchange to those rows exactly. Both are
+kept because they answer different questions: what the design must move, and what moves.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ Bytes are those a rank receives from its peers: an all-to-all counts its receive
 all-gather the rows of the other ranks, a reduce-scatter and an all-reduce what a ring
 algorithm receives ((P - 1) / P of the full buffer, twice for an all-reduce). Backward passes
 count under the same kinds as forward passes, so one training step's traffic is one reading.
+
+Only the runtime knows these rows: an uneven all-gather or reduce-scatter hands
+``torch.distributed`` a buffer padded to the largest share, which is what
+:mod:`ocp_graphpar.measure.wire` counts (the bench's accounting, the same for upstream models).
 """
 
 from __future__ import annotations
