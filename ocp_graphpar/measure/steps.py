@@ -102,6 +102,8 @@ def measure_contender(
         ):
             step(model, batch)
         partition = plans[0].stats if plans else None
+        # the counted step's peak, everything held included (parameters, gradients, batch)
+        allocated = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         times, cpu_times = [], []
         for _ in range(repeats):
             _barrier()
@@ -119,8 +121,8 @@ def measure_contender(
         "gradients": tensor_bytes(p.grad for p in model.parameters()),
         "activations": peak["peak"],
     }
-    if device.type == "cuda":
-        memory["max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
+    if allocated is not None:
+        memory["max_memory_allocated"] = allocated
     return {
         "comm": {"bytes": wire.total_bytes, "calls": wire.total_calls, "by_kind": wire.as_dict()},
         "memory": memory,

@@ -14,41 +14,16 @@ from fairchem.core.modules.normalization.normalizer import Normalizer
 from fairchem.core.modules.scaling.scale_factor import ScaleFactor
 
 import ocp_graphpar  # noqa: F401  (registers the models)
+from helpers import dimenet_cases, gemnet_cases, painn_cases
 from ocp_graphpar.models.catalog import MODELS
 
-#: Small widths per catalog key: every block runs, a few hundred atoms take seconds.
+#: The models' tiny test widths (every block runs, a few hundred atoms take seconds), at the
+#: graph the checkpoints' configs ask for (built on the fly: ``checkpoint_config`` sets
+#: ``otf_graph``).
 WIDTHS = {
-    "gemnet": dict(
-        num_spherical=3,
-        num_radial=4,
-        num_blocks=2,
-        emb_size_atom=8,
-        emb_size_edge=12,
-        emb_size_trip=6,
-        emb_size_rbf=4,
-        emb_size_cbf=4,
-        emb_size_bil_trip=6,
-        num_before_skip=1,
-        num_after_skip=1,
-        num_concat=1,
-        num_atom=1,
-        cutoff=6.0,
-        max_neighbors=30,
-    ),
-    "dimenet": dict(
-        hidden_channels=8,
-        num_blocks=2,
-        int_emb_size=4,
-        basis_emb_size=3,
-        out_emb_channels=6,
-        num_spherical=3,
-        num_radial=4,
-        cutoff=5.0,
-        num_before_skip=1,
-        num_after_skip=1,
-        num_output_layers=2,
-    ),
-    "painn": dict(hidden_channels=8, num_layers=2, num_rbf=6, cutoff=6.0, max_neighbors=30),
+    "gemnet": {**gemnet_cases.TINY, "max_neighbors": 30},
+    "dimenet": {**dimenet_cases.TINY, "cutoff": 5.0},
+    "painn": {**painn_cases.TINY, "max_neighbors": 30},
 }
 
 
