@@ -30,10 +30,10 @@ LAYERS = {
 }
 
 #: The tools each tool may use: the demo drives the data tools, the export and the reports; the
-#: bench sets the planner's estimates beside its measurements and builds its data with the data
-#: tools. The bench, the planner and the demo share their measurement through ``measure``.
+#: bench builds its data with the data tools. The bench, the planner and the demo share their
+#: measurement through ``measure`` (the planner's estimates included).
 TOOLS_MAY_USE = {
-    "tools.bench": {"tools.data", "tools.plan"},
+    "tools.bench": {"tools.data"},
     "tools.demo": {"tools.data", "tools.export", "tools.report"},
 }
 

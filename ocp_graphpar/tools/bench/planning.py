@@ -19,8 +19,8 @@ def plan_check(workload, config: dict, batch, *, sizes: list[int]) -> dict:
     prediction's estimates, and also those at its config's own widths (``config_widths``)."""
     from dataclasses import replace
 
-    from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes
-    from ocp_graphpar.tools.plan.trace import WIDTHS, model_graph_size, trace_model
+    from ocp_graphpar.measure.planner.estimate import GraphSize, activation_bytes
+    from ocp_graphpar.measure.planner.trace import WIDTHS, model_graph_size, trace_model
 
     family, inference = workload.family, workload.inference
     counts = model_graph_size(family, build_contender("ours", family, config), batch)
@@ -54,7 +54,7 @@ def _graph_keys(config: dict) -> dict:
 
 def plan(spec: dict) -> dict:
     """A suite's ``plans:`` entry planned (``ocp-graphpar plan`` as a record)."""
-    from ocp_graphpar.tools.plan.estimate import GraphSize, plan_memory
+    from ocp_graphpar.measure.planner.estimate import GraphSize, plan_memory
 
     spec = dict(spec)
     graph = GraphSize.from_counts(spec.pop("atoms"), spec.pop("edges"))
@@ -83,7 +83,7 @@ def plan_check_table(runs: dict, estimates: dict, *, contender: str = "ours") ->
 
 def plans_section(plans: list[dict]) -> list[str]:
     """``## Memory plans``: each plan as ``ocp-graphpar plan`` prints it."""
-    from ocp_graphpar.tools.plan.cli import format_plan
+    from ocp_graphpar.measure.planner.text import format_plan
 
     lines = [
         "## Memory plans",

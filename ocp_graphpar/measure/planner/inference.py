@@ -3,7 +3,7 @@
 A prediction (fairchem's ``trainer.predict``, an ASE calculator) calls the model in eval mode
 under ``torch.no_grad()``: every rank holds the parameters, replicated, and no gradients,
 optimizer state or EMA. Its activations are the peak of one energy-and-forces call, traced by
-:func:`~ocp_graphpar.tools.plan.trace.trace_model` with ``inference`` and split over the ranks
+:func:`~ocp_graphpar.measure.planner.trace.trace_model` with ``inference`` and split over the ranks
 as a training step's are. Activation checkpointing can only matter for ``-dE/dpos`` forces (the
 one pass of a prediction that records a graph), so the plan traces both settings and shows the
 one the config does not set only where it changes the estimate.
@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocp_graphpar.tools.plan.estimate import (
+from ocp_graphpar.measure.planner.estimate import (
     FLOAT32,
     GIB,
     GraphSize,
@@ -24,7 +24,7 @@ from ocp_graphpar.tools.plan.estimate import (
     cached_trace,
     load_model_config,
 )
-from ocp_graphpar.tools.plan.trace import WIDTHS, family_of
+from ocp_graphpar.measure.planner.trace import WIDTHS, family_of
 
 CHECKPOINTING_KEY = "model.activation_checkpointing"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.measure.model_state import ModelStateBytes, bytes_per_parameter
-from ocp_graphpar.tools.plan.trace import WIDTHS, Trace, family_of, trace_model
+from ocp_graphpar.measure.planner.trace import WIDTHS, Trace, family_of, trace_model
 
 GIB = 2**30
 FLOAT32 = 4
