@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.measure.planner.estimate import GraphSize, plan_memory
-from ocp_graphpar.measure.planner.inference import format_inference_plan, plan_inference
-from ocp_graphpar.measure.planner.text import format_plan
+from ocp_graphpar.measure.planner.inference import plan_inference
+from ocp_graphpar.measure.planner.text import format_inference_plan, format_plan
 
 
 def run_plan(args: argparse.Namespace) -> int:
