@@ -7,12 +7,13 @@ state dict:
 - ``gp_gemnet_t``: upstream's graph-parallel GemNet-T. Its forward reads ``graph.distance_vec``,
   which fairchem's ``GraphData`` does not have; :func:`upstream_gp_alias` adds that one name
   while the benchmark runs it, and nowhere else.
-- ``gemnet_t``, ``dimenetplusplus`` and ``painn``: upstream's single-process models (P = 1 only).
+- ``gemnet_t``, ``dimenetplusplus`` and ``painn``: upstream's single-process models (P = 1 only),
+  one per row of the catalog, named as fairchem's registry names them.
 - ``ours_all_gather``: DimeNet++-XL gathering every edge's features each block (the simple
   design, :mod:`ocp_graphpar.measure.variants`), to show what the halo of down-projected
   features saves.
 - ``ours_ck``: ours with ``activation_checkpointing: True`` whatever the config says, beside
-  ``ours`` as the config has it (issue #19's memory workloads).
+  ``ours`` as the config has it (the memory workloads).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ocp_graphpar.models.catalog import GRAPH_PARALLEL_OPTIONS, MODELS, ModelSpec, model_spec
+
 
 @dataclass(frozen=True)
 class Contender:
@@ -31,12 +34,18 @@ class Contender:
     graph_parallel: bool
 
 
+def _upstream(name: str, graph_parallel: bool) -> Contender:
+    return Contender(name, f"upstream {name}", graph_parallel)
+
+
 CONTENDERS = {
     "ours": Contender("ours", "ocp-graphpar", True),
-    "gp_gemnet_t": Contender("gp_gemnet_t", "upstream gp_gemnet_t", True),
-    "gemnet_t": Contender("gemnet_t", "upstream gemnet_t", False),
-    "dimenetplusplus": Contender("dimenetplusplus", "upstream dimenetplusplus", False),
-    "painn": Contender("painn", "upstream painn", False),
+    # by hand, not from the catalog: only upstream_gp_alias lets it run
+    "gp_gemnet_t": _upstream("gp_gemnet_t", True),
+    **{
+        spec.upstream_registry_name: _upstream(spec.upstream_registry_name, False)
+        for spec in MODELS.values()
+    },
     "ours_all_gather": Contender("ours_all_gather", "ocp-graphpar, all-gather exchange", True),
     "ours_ck": Contender("ours_ck", "ocp-graphpar, activation checkpointing", True),
 }
@@ -59,22 +68,18 @@ def upstream_gp_alias() -> Iterator[None]:
 
 def upstream_options(model_config: dict) -> dict:
     """``model_config`` without the options only our models take."""
-    from ocp_graphpar.models.catalog import GRAPH_PARALLEL_OPTIONS
-
     return {k: v for k, v in model_config.items() if k not in GRAPH_PARALLEL_OPTIONS}
 
 
 def build_contender(
     name: str, family: str, model_config: dict, seed: int = 0, dtype=torch.float32
 ) -> torch.nn.Module:
-    """Contender ``name`` for the model ``family`` (a key of the model catalog), weights drawn
+    """Contender ``name`` for the model ``family`` (a row of the model catalog), weights drawn
     from ``seed``.
 
     Every contender gets the weights ours would get from the same seed, so results differ only
     in how the model runs, never in what it computes.
     """
-    from ocp_graphpar.models.catalog import model_spec
-
     spec = model_spec(family)
     torch.manual_seed(seed)
     ours_class = spec.model
@@ -90,12 +95,12 @@ def build_contender(
     return upstream
 
 
-def _upstream_class(name: str, spec) -> type[torch.nn.Module]:
+def _upstream_class(name: str, spec: ModelSpec) -> type[torch.nn.Module]:
     if name == spec.upstream_registry_name:
         return spec.upstream
     if name == "gp_gemnet_t" and spec.upstream_graph_parallel is not None:
         return spec.upstream_graph_parallel
-    raise ValueError(f"no contender {name!r} for the {spec.key} model")
+    raise ValueError(f"no contender {name!r} for the {spec.family} model")
 
 
 @contextlib.contextmanager

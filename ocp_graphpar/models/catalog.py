@@ -1,11 +1,12 @@
 """The one table tooling reads to find a model: its class, its upstream twin, its widths.
 
-Benchmarks, the memory planner and the demo look models up here (by key, registry name, class
-name or import path) and never branch on a model's name; a new model adds one row.
+Benchmarks, the memory planner and the demo look models up here (by family, registry name,
+class name or import path) and never branch on a model's name; a new model adds one row.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,21 +23,14 @@ from ocp_graphpar.models.gemnet_xl import graph as gemnet_graph
 from ocp_graphpar.models.gemnet_xl.model import GemNetXL
 from ocp_graphpar.models.painn_xl import PaiNNXL, painn_graph_size
 
-#: Arguments only our models take (dropped when the same config builds the upstream twin).
-GRAPH_PARALLEL_OPTIONS = (
-    "activation_checkpointing",
-    "partition_weights",
-    "auto_fit_scale_factors",
-    "detach_angles",
-)
-
 
 @dataclass(frozen=True)
 class ModelSpec:
     """One graph-parallel model as tooling sees it.
 
     Attributes:
-        key: short name in benchmark suites, results and plans (``"gemnet"``).
+        family: short name in benchmark suites, results and plans (``"gemnet"``); the key of
+            :data:`MODELS`.
         registry_name: name in fairchem's model registry (``"gemnet_xl"``).
         model: the graph-parallel class.
         upstream: fairchem's single-process model with the same parameter names.
@@ -53,7 +47,7 @@ class ModelSpec:
             (given to an upstream checkpoint loaded into the model for inference).
     """
 
-    key: str
+    family: str
     registry_name: str
     model: type[nn.Module]
     upstream: type[nn.Module]
@@ -71,7 +65,7 @@ class ModelSpec:
         """Every name a config may use for this model (ours or upstream's)."""
         classes = (self.model, self.upstream)
         return {
-            self.key,
+            self.family,
             self.registry_name,
             self.upstream_registry_name,
             *(cls.__name__ for cls in classes),
@@ -91,10 +85,10 @@ def _dimenet_elements(model: nn.Module) -> int:
 
 
 MODELS: dict[str, ModelSpec] = {
-    spec.key: spec
+    spec.family: spec
     for spec in (
         ModelSpec(
-            key="gemnet",
+            family="gemnet",
             registry_name="gemnet_xl",
             model=GemNetXL,
             upstream=GemNetT,
@@ -116,7 +110,7 @@ MODELS: dict[str, ModelSpec] = {
             upstream_graph_parallel=GraphParallelGemNetT,
         ),
         ModelSpec(
-            key="dimenet",
+            family="dimenet",
             registry_name="dimenetpp_xl",
             model=DimeNetPPXL,
             upstream=DimeNetPlusPlusWrap,
@@ -128,7 +122,7 @@ MODELS: dict[str, ModelSpec] = {
             upstream_options={"detach_angles": True},
         ),
         ModelSpec(
-            key="painn",
+            family="painn",
             registry_name="painn_xl",
             model=PaiNNXL,
             upstream=PaiNN,
@@ -142,8 +136,23 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def _options_only_ours(spec: ModelSpec) -> set[str]:
+    """The named arguments of our model's constructor that upstream's lacks."""
+    upstream = inspect.signature(spec.upstream.__init__).parameters
+    return {
+        name
+        for name, parameter in inspect.signature(spec.model.__init__).parameters.items()
+        if name not in upstream
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    }
+
+
+#: Arguments only our models take (dropped when the same config builds the upstream twin).
+GRAPH_PARALLEL_OPTIONS = frozenset().union(*map(_options_only_ours, MODELS.values()))
+
+
 def model_spec(name: str) -> ModelSpec:
-    """The table row for a model named by key, registry name, class name or import path."""
+    """The table row for a model named by family, registry name, class name or import path."""
     for spec in MODELS.values():
         if name in spec.names:
             return spec

@@ -51,10 +51,10 @@ def structure() -> Atoms:
     return slab((7, 7, 6))  # 296 atoms
 
 
-@pytest.mark.parametrize("key", ["gemnet", "dimenet", "painn"])
-def test_equals_ocp_calculator_at_gp_1_2_3(key, structure, tmp_path):
+@pytest.mark.parametrize("family", ["gemnet", "dimenet", "painn"])
+def test_equals_ocp_calculator_at_gp_1_2_3(family, structure, tmp_path):
     """An upstream checkpoint (gemnet_t, dimenetplusplus, painn) in its graph-parallel twin."""
-    checkpoint = write_checkpoint(tmp_path / "checkpoint.pt", key, upstream=True)
+    checkpoint = write_checkpoint(tmp_path / "checkpoint.pt", family, upstream=True)
     expected = reference(checkpoint, structure)
     for gp_size in (1, 2, 3):
         with GraphParallelCalculator(checkpoint_path=checkpoint, gp_size=gp_size, cpu=True) as calc:

@@ -27,16 +27,16 @@ WIDTHS = {
 }
 
 
-def checkpoint_config(key: str, *, upstream: bool = False, widths: dict | None = None) -> dict:
-    """A fairchem S2EF config (as a trainer saves it in its checkpoints) for model ``key``, at
-    ``widths`` (default: :data:`WIDTHS`)."""
-    spec = MODELS[key]
+def checkpoint_config(family: str, *, upstream: bool = False, widths: dict | None = None) -> dict:
+    """A fairchem S2EF config (as a trainer saves it in its checkpoints) for the model
+    ``family``, at ``widths`` (default: :data:`WIDTHS`)."""
+    spec = MODELS[family]
     name = spec.upstream_registry_name if upstream else spec.registry_name
     return {
         "trainer": "ocp",
         "model": {
             "name": name,
-            **(WIDTHS[key] if widths is None else widths),
+            **(WIDTHS[family] if widths is None else widths),
             "regress_forces": True,
             "use_pbc": True,
             "otf_graph": True,
@@ -59,17 +59,18 @@ def checkpoint_config(key: str, *, upstream: bool = False, widths: dict | None =
 
 def write_checkpoint(
     path: Path,
-    key: str,
+    family: str,
     *,
     upstream: bool = False,
     ema: bool = False,
     seed: int = 0,
     widths: dict | None = None,
 ) -> Path:
-    """Write a fairchem checkpoint of model ``key`` with random, non-trivial weights, scale
-    factors and normalisers. ``ema``: also an EMA entry (as ``checkpoint.pt`` holds it) whose
-    averages differ from the weights. ``widths``: the model's options (default: :data:`WIDTHS`)."""
-    config = checkpoint_config(key, upstream=upstream, widths=widths)
+    """Write a fairchem checkpoint of the model ``family`` with random, non-trivial weights,
+    scale factors and normalisers. ``ema``: also an EMA entry (as ``checkpoint.pt`` holds it)
+    whose averages differ from the weights. ``widths``: the model's options (default:
+    :data:`WIDTHS`)."""
+    config = checkpoint_config(family, upstream=upstream, widths=widths)
     model_args = {k: v for k, v in config["model"].items() if k != "name"}
     cls = registry.get_model_class(config["model"]["name"])
     torch.manual_seed(seed)

@@ -29,11 +29,10 @@ LAYERS = {
     "ocp_graphpar": 5,
 }
 
-#: The tools each tool may use: the demo drives the data tools, the export and the reports; the
-#: bench sets the planner's estimates beside its measurements and builds its data with the data
-#: tools. The bench, the planner and the demo share their measurement through ``measure``.
+#: The tools each tool may use: the demo drives the data tools, the export and the reports. The
+#: bench, the planner and the demo share their measurement through ``measure`` (the planner's
+#: estimates included) and use no other tool.
 TOOLS_MAY_USE = {
-    "tools.bench": {"tools.data", "tools.plan"},
     "tools.demo": {"tools.data", "tools.export", "tools.report"},
 }
 

@@ -14,9 +14,7 @@ from helpers.oc20 import require_oc20_mini
 from ocp_graphpar.cli import main
 from ocp_graphpar.measure.contenders import build_contender
 from ocp_graphpar.measure.model_state import ModelStateBytes
-from ocp_graphpar.measure.steps import measure_contender, training_step
-from ocp_graphpar.tools.bench.suite import load_batch
-from ocp_graphpar.tools.plan.estimate import (
+from ocp_graphpar.measure.planner.estimate import (
     SETTINGS,
     GraphSize,
     PlanRow,
@@ -24,12 +22,14 @@ from ocp_graphpar.tools.plan.estimate import (
     model_state,
     recommend,
 )
-from ocp_graphpar.tools.plan.trace import (
+from ocp_graphpar.measure.planner.trace import (
     WIDTHS,
     model_graph_size,
     precomputed_graph,
     trace_model,
 )
+from ocp_graphpar.measure.steps import measure_contender, training_step
+from ocp_graphpar.tools.bench.suite import load_batch
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ocp_graphpar.measure.contenders import OURS, build_contender
+from ocp_graphpar.measure.planner.estimate import GraphSize, activation_bytes, plan_memory
+from ocp_graphpar.measure.planner.trace import WIDTHS, model_graph_size, trace_model
 from ocp_graphpar.tools.bench.records import Plan, PlanCheck
-from ocp_graphpar.tools.plan.estimate import GraphSize, activation_bytes, plan_memory
-from ocp_graphpar.tools.plan.trace import WIDTHS, model_graph_size, trace_model
 
 
 def plan_check(workload, config: dict, batch, *, sizes: list[int]) -> PlanCheck:

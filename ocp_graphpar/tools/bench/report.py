@@ -274,7 +274,7 @@ def device_section(results: WorkloadResults) -> list[str]:
 
 def plans_section(plans) -> list[str]:
     """``## Memory plans``: each plan as ``ocp-graphpar plan`` prints it."""
-    from ocp_graphpar.tools.plan.cli import format_plan
+    from ocp_graphpar.measure.planner.text import format_plan
 
     if not plans:
         return []

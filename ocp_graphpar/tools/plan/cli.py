@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 from ocp_graphpar.errors import UserFacingError
-from ocp_graphpar.measure.model_state import ModelStateBytes
-from ocp_graphpar.tools.plan.estimate import GIB, GraphSize, PlanRow, plan_memory
-from ocp_graphpar.tools.plan.inference import format_inference_plan, plan_inference
+from ocp_graphpar.measure.planner.estimate import GraphSize, plan_memory
+from ocp_graphpar.measure.planner.inference import plan_inference
+from ocp_graphpar.measure.planner.text import format_inference_plan, format_plan
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -42,86 +42,6 @@ def run_plan(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report, indent=1) if args.json else format_plan(report, args.triplets))
     return 0
-
-
-def _gib(value: float) -> str:
-    return f"{value / GIB:,.2f} GiB"
-
-
-def format_plan(report: dict, triplets_given: bool = True) -> str:
-    """The plan as text with a markdown table (also used in docs/benchmarks.md)."""
-    state = ModelStateBytes(**report["state_bytes"])
-    graph = GraphSize(**report["graph"])
-    world = report.get("world")
-    lines = [
-        f"{report['model']} from {report['config']}: {report['parameters'] / 1e6:,.1f}M parameters",
-        f"graph per structure: {graph.atoms:,} atoms, {graph.edges:,} edges, "
-        f"{graph.triplets:,} triplets, longest triplet list {graph.kmax}"
-        + ("" if triplets_given else " (triplets from the mean in-degree; pass --triplets)"),
-        f"batch: {report['batch_size']} structures per GP group (optim.batch_size or --batch-size)",
-        f"model state per GPU: parameters {_gib(state.parameters)}, gradients "
-        f"{_gib(state.gradients)}, optimizer state {_gib(state.optimizer)}, EMA {_gib(state.ema)}"
-        f" = {_gib(state.total)} replicated; sharded state splits the optimizer state and EMA "
-        + (
-            f"over {world} ranks (--world)"
-            if world
-            else "over the GP group's P ranks " "(one GP group; --world N for a run of N GPUs)"
-        )
-        + f"; reserve {report['reserve_gib']:.1f} GiB (CUDA context, NCCL buffers)",
-        "",
-        "| GP size | setting | state per GPU | activations per GPU | total per GPU "
-        f"| fits {report['gpu_mem_gib']:g} GiB |",
-        "|---:|---|---:|---:|---:|---|",
-    ]
-    for row in map(lambda r: PlanRow(**r), report["rows"]):
-        fits = "yes" if row.fits else "no"
-        lines.append(
-            f"| {row.gp_size} | {row.setting} | {_gib(row.state)} "
-            f"| {_gib(row.activations)} | {_gib(row.total)} | {fits} |"
-        )
-    lines.append("")
-    max_neighbors = report["max_neighbors"]
-    if max_neighbors and graph.edges > max_neighbors * graph.atoms:
-        lines.append(
-            f"note: {graph.edges:,} edges over {graph.atoms:,} atoms exceeds the config's "
-            f"max_neighbors={max_neighbors} ({max_neighbors * graph.atoms:,} edges at most); "
-            "the model would build the smaller graph."
-        )
-    lines.append(_advice(report, state))
-    return "\n".join(lines)
-
-
-def _advice(report: dict, state: ModelStateBytes) -> str:
-    best = report["recommended"]
-    if best is not None:
-        gp, keys = best["gp_size"], best["config_keys"]
-        chosen = [key for key, value in keys.items() if value]
-        spelled = " and ".join(f"{key}: {_yaml(key, keys[key])}" for key in chosen or keys)
-        overrides = "".join(f" --{key}=True" for key in chosen)
-        num_gpus = max(report.get("world") or 8, gp)
-        return (
-            f"recommended: --gp-gpus {gp} with {best['setting']}: "
-            + (f"set {spelled} in the config" if chosen else f"keep {spelled}")
-            + " (the smallest GP size that fits, and at it the setting that costs least step "
-            f"time), e.g. fairchem --mode train --config-yml {report['config']} "
-            f"--num-gpus {num_gpus} --gp-gpus {gp}{overrides}"
-        )
-    smallest = ModelStateBytes(**{**vars(state), "optimizer": 0, "ema": 0})
-    if smallest.total + report["reserve_gib"] * GIB > report["gpu_mem_gib"] * GIB:
-        return (
-            "does not fit at any GP size: parameters and gradients alone exceed the GPU, and "
-            "graph parallelism replicates them (sharding splits only the optimizer state and "
-            "EMA). Use GPUs with more memory or a narrower model."
-        )
-    return (
-        f"does not fit up to --max-gp {report['rows'][-1]['gp_size']}, even with activation "
-        "checkpointing and sharded state: raise --max-gp or --world, or lower --batch-size."
-    )
-
-
-def _yaml(key: str, value: bool) -> str:
-    """A key's value as the shipped configs spell it (model options Python-style)."""
-    return str(value) if key.startswith("model.") else str(value).lower()
 
 
 def add_plan_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.measure.model_state import ModelStateBytes, bytes_per_parameter
-from ocp_graphpar.tools.plan.trace import WIDTHS, Trace, family_of, trace_model
+from ocp_graphpar.measure.planner.trace import WIDTHS, Trace, family_of, trace_model
 
 GIB = 2**30
 FLOAT32 = 4
@@ -185,6 +185,35 @@ def load_model_config(path: Path) -> dict:
     return config
 
 
+@dataclass(frozen=True)
+class TracedConfig:
+    """A config's model as a plan reads it: both checkpointing settings traced, whatever the
+    config sets, so that one plan compares them."""
+
+    config: dict  # the whole fairchem config
+    model_config: dict  # its model section, without the name
+    traces: dict[bool, Trace]  # activation checkpointing off and on
+    widths: dict[str, int]
+    num_parameters: int
+
+
+def traced_config(config_path: str | os.PathLike, *, inference: bool = False) -> TracedConfig:
+    """The config at ``config_path`` loaded and its model traced for a training step or, with
+    ``inference``, for a prediction."""
+    config = load_model_config(Path(config_path))
+    model_config = dict(config["model"])
+    family = family_of(str(model_config.pop("name")))
+    traces = {
+        checkpointing: cached_trace(
+            family, {**model_config, "activation_checkpointing": checkpointing}, inference=inference
+        )
+        for checkpointing in (False, True)
+    }
+    widths = {name: model_config[name] for name in WIDTHS[family] if name in model_config}
+    num_parameters = round(traces[False].parameters.evaluate(widths))
+    return TracedConfig(config, model_config, traces, widths, num_parameters)
+
+
 def plan_memory(
     config_path: str | os.PathLike,
     graph: GraphSize,
@@ -201,23 +230,14 @@ def plan_memory(
     sharded state spreads over; ``None`` plans one GP group (the least sharding)."""
     if world is not None and world < 1:
         raise UserFacingError(f"--world must be positive (got {world})")
-    config = load_model_config(Path(config_path))
-    model_config = dict(config["model"])
-    family = family_of(str(model_config.pop("name")))
-    traces = {
-        checkpointing: cached_trace(
-            family, {**model_config, "activation_checkpointing": checkpointing}
-        )
-        for checkpointing in (False, True)
-    }
-    widths = {name: model_config[name] for name in WIDTHS[family] if name in model_config}
-    num_parameters = round(traces[False].parameters.evaluate(widths))
+    traced = traced_config(config_path)
+    config = traced.config
     optim = config.get("optim", {})
-    state = model_state(num_parameters, optim)
+    state = model_state(traced.num_parameters, optim)
     batch = batch_size or int(optim.get("batch_size", 1))
     rows = plan_rows(
-        traces,
-        widths,
+        traced.traces,
+        traced.widths,
         state,
         graph,
         batch=batch,
@@ -230,10 +250,10 @@ def plan_memory(
     return {
         "config": str(config_path),
         "model": config["model"]["name"],
-        "parameters": num_parameters,
+        "parameters": traced.num_parameters,
         "graph": vars(graph),
         "batch_size": batch,
-        "max_neighbors": model_config.get("max_neighbors"),
+        "max_neighbors": traced.model_config.get("max_neighbors"),
         "gpu_mem_gib": gpu_mem_gib,
         "reserve_gib": reserve_gib,
         "state_bytes": vars(state),

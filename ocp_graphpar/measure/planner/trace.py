@@ -24,72 +24,20 @@ from dataclasses import dataclass
 
 import torch
 
+from ocp_graphpar.measure.planner.formulas import (
+    HALF,
+    Formula,
+    Peak,
+    Term,
+    read_phase,
+    read_tensors,
+)
 from ocp_graphpar.models.catalog import MODELS, model_spec
 
 # The model arguments that are widths: free to change in the probe without changing the
 # computation's structure. Everything else (blocks, layers, spherical order) stays as given.
-WIDTHS = {key: spec.widths for key, spec in MODELS.items()}
-GRAPH_SYMBOLS = ("atoms", "edges", "triplets", "kmax")
+WIDTHS = {family: spec.widths for family, spec in MODELS.items()}
 _PRIMES = [p for p in range(29, 2000) if all(p % q for q in range(2, int(p**0.5) + 1))]
-
-Monomial = tuple[str, ...]  # symbols multiplied together
-Term = tuple[Monomial, ...]  # monomials added together: one dimension
-
-
-@dataclass(frozen=True)
-class Formula:
-    """Bytes (or elements) as a sum over tensors of ``element_size * prod(dims)``."""
-
-    tensors: tuple[tuple[int, tuple[Term | int, ...]], ...]
-
-    def evaluate(self, values: dict[str, float]) -> float:
-        total = 0.0
-        for element_size, dims in self.tensors:
-            size = float(element_size)
-            for dim in dims:
-                size *= dim if isinstance(dim, int) else _value(dim, values)
-            total += size
-        return total
-
-
-HALF = "//2"  # a symbol ``width//2``: half a width, rounded down (PaiNN's output layers)
-
-
-def _value(term: Term, values: dict[str, float]) -> float:
-    return sum(math.prod(_symbol(symbol, values) for symbol in monomial) for monomial in term)
-
-
-def _symbol(symbol: str, values: dict[str, float]) -> float:
-    if symbol.endswith(HALF):
-        return values[symbol[: -len(HALF)]] // 2
-    return values[symbol]
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Bytes live at the moments of one phase of the probe's step where an allocation was
-    followed by a release, one formula each (those that another holds entirely are dropped).
-    The step's peak at any sizes is one of these moments (the same operators run in the same
-    order), but which one depends on the sizes: with activation checkpointing the backward
-    pass peaks while recomputing a triplet-heavy block on a real graph and an edge-heavy one on
-    the small probe, so each is evaluated."""
-
-    formulas: tuple[Formula, ...]
-
-    def evaluate(self, values: dict[str, float]) -> float:
-        return max((formula.evaluate(values) for formula in self.formulas), default=0.0)
-
-
-@dataclass(frozen=True)
-class Peak:
-    """Bytes at a training step's peak: the largest over the phases of the probe's step
-    (forward, then loss and backward; a prediction is one phase) of what was live at each
-    phase's candidate moments."""
-
-    phases: tuple[Moments, ...]
-
-    def evaluate(self, values: dict[str, float]) -> float:
-        return max(phase.evaluate(values) for phase in self.phases)
 
 
 @dataclass(frozen=True)
@@ -101,8 +49,8 @@ class Trace:
 
 
 def family_of(model_name: str) -> str:
-    """The catalog key of the model a config names."""
-    return model_spec(model_name).key
+    """The family of the model a config names."""
+    return model_spec(model_name).family
 
 
 def probe_batch(radius: float = 3.2, max_neighbors: int = 14):
@@ -166,13 +114,13 @@ def trace_model(family: str, model_config: dict, *, inference: bool = False) -> 
     widths = {value: ((name,),) for name, value in markers.items()}
     sizes = {value: ((name,),) for name, value in graph.items() if value > 0}
     sizes.setdefault(int(batch.edge_index.shape[1]), (("edges",),))  # the input graph's edges
-    # Half widths are read only in a model whose layers have them (PaiNN's output heads):
-    # elsewhere a constant could equal half a marker.
+    # Half a width is read only where some parameter has it (a layer narrowing a width by
+    # half): elsewhere a constant could equal half a marker.
     dims = {int(d) for p in model.parameters() for d in p.shape}
     halved = {value: term for value, term in widths.items() if value // 2 in dims}
     readings = _readings(widths, sizes, halved=halved)
-    parameters, missed_p = _formula(((p.shape, 1) for p in model.parameters()), readings)
-    phases = [_moments(moments, readings) for moments in tracker.phase_moments()]
+    parameters, missed_p = read_tensors(((p.shape, 1) for p in model.parameters()), readings)
+    phases = [read_phase(phase, readings) for phase in tracker.phase_moments()]
     missed_a = max(missed for _, missed in phases)
     activations = Peak(tuple(formula for formula, _ in phases))
     return Trace(family, parameters, activations, missed_p + missed_a)
@@ -218,7 +166,6 @@ def _distinguishable(values: list[int], taken: set[int]) -> bool:
     combos = [(v,) for v in values]
     combos += list(itertools.combinations_with_replacement(values, 2))
     combos += list(itertools.combinations_with_replacement(values, 3))
-    combos += [(v,) * times for v in values for times in range(4, 9)]
     for combo in combos:
         for value in {sum(combo), math.prod(combo) if len(combo) == 2 else sum(combo)}:
             if value in seen:
@@ -227,79 +174,12 @@ def _distinguishable(values: list[int], taken: set[int]) -> bool:
     return True
 
 
-def _formula(shapes, readings: dict[int, Term]) -> tuple[Formula, int]:
-    tensors, unresolved = [], 0
-    for shape, element_size in shapes:
-        dims = tuple(readings.get(int(dim), int(dim)) for dim in shape)
-        unresolved += sum(isinstance(d, int) and d > 10 for d in dims)
-        tensors.append((element_size, dims))
-    return Formula(tuple(tensors)), unresolved
-
-
-Polynomial = dict[Monomial, int]  # bytes: coefficient of each product of symbols
-
-
-def _moments(
-    moments: list[dict[tuple[tuple[int, ...], int], int]], readings: dict[int, Term]
-) -> tuple[Moments, int]:
-    """Each moment's live tensors as one polynomial in the symbols; a moment whose every
-    coefficient another moment matches or exceeds can never be the larger (all symbols are
-    positive), so only the others are kept. Also the number of unresolved dimensions."""
-    polynomials: dict[tuple[tuple[int, ...], int], Polynomial] = {}
-    unresolved = 0
-    candidates: dict[frozenset, tuple[int, Polynomial]] = {}
-    for moment in moments:
-        total: Polynomial = {}
-        probe_bytes = 0
-        for kind, count in moment.items():
-            if kind not in polynomials:
-                polynomials[kind], missed = _polynomial(kind, readings)
-                unresolved += missed
-            for monomial, coefficient in polynomials[kind].items():
-                total[monomial] = total.get(monomial, 0) + count * coefficient
-            probe_bytes += count * kind[1] * math.prod(kind[0])
-        candidates.setdefault(frozenset(total.items()), (probe_bytes, total))
-    kept: list[Polynomial] = []
-    # a moment's dominators hold at least its bytes in the probe: they come first
-    for _, polynomial in sorted(candidates.values(), key=lambda c: -c[0]):
-        if not any(all(c <= other.get(m, 0) for m, c in polynomial.items()) for other in kept):
-            kept.append(polynomial)
-    formulas = tuple(
-        Formula(tuple((coefficient, ((monomial,),)) for monomial, coefficient in p.items()))
-        for p in kept
-    )
-    return Moments(formulas), unresolved
-
-
-def _polynomial(
-    kind: tuple[tuple[int, ...], int], readings: dict[int, Term]
-) -> tuple[Polynomial, int]:
-    """A tensor's bytes, ``element_size * prod(dims)``, expanded into monomials."""
-    shape, element_size = kind
-    polynomial: Polynomial = {(): element_size}
-    unresolved = 0
-    for dim in shape:
-        term = readings.get(int(dim), int(dim))
-        if isinstance(term, int):
-            unresolved += term > 10
-            polynomial = {m: c * term for m, c in polynomial.items()}
-            continue
-        expanded: Polynomial = {}
-        for monomial, coefficient in polynomial.items():
-            for factor in term:
-                key = tuple(sorted(monomial + factor))
-                expanded[key] = expanded.get(key, 0) + coefficient
-        polynomial = expanded
-    return polynomial, unresolved
-
-
 def _readings(
     widths: dict[int, Term], sizes: dict[int, Term], *, halved: dict[int, Term]
 ) -> dict[int, Term]:
     """What each value a dimension may take means, the simplest reading first: a width or a
     graph size, a product of two (a flattened tensor), a sum of two or three widths (a
-    concatenation), a width taken up to eight times (PaiNN's ``3 * hidden`` scalar and vector
-    channels side by side), and half a width (or twice that) for the ``halved`` widths."""
+    concatenation), and half a width (or twice that) for the ``halved`` widths."""
     singles = {**widths, **sizes}
     readings: dict[int, Term] = {}
     for (a, ta), (b, tb) in itertools.combinations_with_replacement(singles.items(), 2):
@@ -308,9 +188,6 @@ def _readings(
         for combo in itertools.combinations_with_replacement(widths.items(), count):
             value = sum(v for v, _ in combo)
             readings.setdefault(value, tuple(t[0] for _, t in combo))
-    for value, term in widths.items():
-        for times in range(4, 9):
-            readings.setdefault(times * value, term * times)
     for value, term in halved.items():
         half = term[0][0] + HALF
         readings.setdefault(value // 2, ((half,),))
