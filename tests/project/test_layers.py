@@ -164,3 +164,10 @@ def test_no_module_imports_another_modules_private_names():
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 ]
     assert not private, "\n".join(private)
+
+
+def test_the_bench_stays_smaller_than_what_it_measures():
+    """Tooling is held to a budget: the bench's runner, records, limits and report together."""
+    bench = PACKAGE / "tools" / "bench"
+    lines = sum(len(path.read_text().splitlines()) for path in bench.glob("*.py"))
+    assert lines <= 1800, f"tools/bench has {lines} lines; its budget is 1,800"

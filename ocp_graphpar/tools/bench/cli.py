@@ -42,6 +42,7 @@ def run_bench(args: argparse.Namespace) -> int:
             raise UserFacingError(f"{results_path} does not exist; run `ocp-graphpar bench` first")
         document = previous
     else:
+        workload_order = [w.name for w in suite.workloads]
         suite = suite.select(args.only)
         suite = suite.at_tiny_widths() if args.tiny else suite
         suite = suite.on_device(args.device) if args.device else suite
@@ -50,10 +51,12 @@ def run_bench(args: argparse.Namespace) -> int:
         journal = Journal(folder / JOURNAL_NAME, resume=not args.restart)
         records = [rec.to_json(record) for record in run_suite(suite, journal)]
         document = {"environment": _environment(args, suite), "results": records}
-        if args.only and previous is not None:  # keep the workloads not re-run
+        if args.only and previous is not None:  # keep the workloads not re-run, in order
             rerun = {record["workload"] for record in records}  # plans: workload ""
             kept = [r for r in previous["results"] if r["workload"] not in rerun]
-            document = {"environment": previous["environment"], "results": kept + records}
+            order = {name: index for index, name in enumerate(workload_order)}
+            merged = sorted(kept + records, key=lambda r: order.get(r["workload"], len(order)))
+            document = {"environment": previous["environment"], "results": merged}
         write_atomic(results_path, json.dumps(document, indent=1))
         if not args.only:  # a partial run leaves the other workloads' finished runs
             journal.discard()
