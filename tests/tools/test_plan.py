@@ -29,7 +29,7 @@ from ocp_graphpar.measure.planner.trace import (
     trace_model,
 )
 from ocp_graphpar.measure.steps import measure_contender, training_step
-from ocp_graphpar.tools.bench.suite import load_batch
+from ocp_graphpar.tools.bench.systems import load_batch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,7 +85,8 @@ def traces():
 @pytest.fixture(scope="module")
 def oc20_batch():
     mini = require_oc20_mini()
-    return load_batch([str(mini / "random1000100.traj"), str(mini / "random1000120.traj")], 6.0, 50)
+    systems = [str(mini / "random1000100.traj"), str(mini / "random1000120.traj")]
+    return load_batch(systems, cutoff=6.0, max_neighbors=50)
 
 
 def widths_of(family: str, config: dict) -> dict:
