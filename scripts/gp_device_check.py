@@ -65,6 +65,19 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / scale) if expected.numel() else 0.0
 
 
+def errors(ours: dict, reference: dict) -> dict:
+    """The largest relative errors of energies, forces and (worst parameter) gradients."""
+    grads = {n: relative_error(ours["grads"][n], g) for n, g in reference["grads"].items()}
+    worst = max(grads, key=grads.get)
+    return {
+        "energy": relative_error(ours["energy"], reference["energy"]),
+        "forces": relative_error(ours["forces"], reference["forces"]),
+        "gradients": grads[worst],
+        "worst_parameter": worst,
+        "parameters": len(grads),
+    }
+
+
 def gp_equality(family: str, model_config: dict, batch, *, device: str) -> dict:
     """On every GP rank: one float64 step; on rank 0 also the single-process step and the
     errors. The collectives issued are counted by ``torch.distributed`` function."""
@@ -83,18 +96,11 @@ def gp_equality(family: str, model_config: dict, batch, *, device: str) -> dict:
         rank, size, backend = gp_rank(), gp_size(), dist.get_backend()
         result = {"atoms": plans[0].stats.atoms[rank], "collectives": dict(wire.calls)}
         teardown_groups()  # the single-process step runs without graph parallelism
-        if rank == 0:
-            reference = step(family, model_config, batch, device)
-            grads = {n: relative_error(ours["grads"][n], g) for n, g in reference["grads"].items()}
-            worst = max(grads, key=grads.get)
-            result["errors"] = {
-                "energy": relative_error(ours["energy"], reference["energy"]),
-                "forces": relative_error(ours["forces"], reference["forces"]),
-                "gradients": grads[worst],
-                "worst_parameter": worst,
-                "parameters": len(grads),
-            }
-        setup_groups(size, backend=backend)
+        try:
+            if rank == 0:
+                result["errors"] = errors(ours, step(family, model_config, batch, device))
+        finally:  # every rank rebuilds the groups, so a failure on rank 0 leaves none waiting
+            setup_groups(size, backend=backend)
     finally:
         torch.set_default_dtype(previous)
     return result

@@ -20,7 +20,7 @@ from ocp_graphpar.atomic import write_atomic
 from ocp_graphpar.errors import UserFacingError
 from ocp_graphpar.tools.bench import records as rec
 from ocp_graphpar.tools.bench.journal import Journal
-from ocp_graphpar.tools.bench.limits import plan_checks, workload_checks
+from ocp_graphpar.tools.bench.limits import named_checks, plan_checks
 from ocp_graphpar.tools.bench.plots import plot_all
 from ocp_graphpar.tools.bench.report import render_markdown
 from ocp_graphpar.tools.bench.runner import run_suite
@@ -71,16 +71,11 @@ def run_bench(args: argparse.Namespace) -> int:
 def _summary(records: list[rec.Record]) -> int:
     """Print each limit and each run that did not finish; 1 if one did not."""
     workloads, plans = rec.organise(records)
-    checks = [
-        (f"{name}: {what}", value, at_most)
-        for name, results in workloads.items()
-        for what, value, at_most in workload_checks(results)
-    ]
+    checks = [check for results in workloads.values() for check in named_checks(results)]
     checks += [check for plan in plans for check in plan_checks(plan)]
-    for what, value, at_most in checks:
-        print(
-            f"  {what} = {value:.3g} (at most {at_most:g}) {'ok' if value <= at_most else 'MISSED'}"
-        )
+    for check in checks:
+        verdict = "ok" if check.holds else "MISSED"
+        print(f"  {check.what} = {check.value:.3g} (at most {check.at_most:g}) {verdict}")
     failed = [record for record in records if isinstance(record, rec.Failed)]
     for record in failed:
         what = f"{record.contender} at P = {record.size}" if record.contender else record.of

@@ -79,10 +79,9 @@ def workload_checks(results: WorkloadResults) -> list[Check]:
         if measure in RUN_MEASURES:
             what, value_of = RUN_MEASURES[measure]
             of, over = (results.runs.get(_contender(limit[side])) for side in ("of", "over"))
-            values = [value_of(run) for run in (of, over) if run is not None]
-            if len(values) == 2 and None not in values:
+            if of is not None and over is not None:
                 label = f"{what}, {_label(limit['of'])} / {_label(limit['over'])}"
-                checks.append(Check(label, values[0] / values[1], bound))
+                checks.append(Check(label, value_of(of) / value_of(over), bound))
         elif measure in PAIRED_MEASURES:
             what, key = PAIRED_MEASURES[measure]
             paired = results.paired
@@ -97,6 +96,12 @@ def workload_checks(results: WorkloadResults) -> list[Check]:
         else:
             checks += _state_checks(results, int(limit.get("world", 4)), bound)
     return checks
+
+
+def named_checks(results: WorkloadResults) -> list[Check]:
+    """:func:`workload_checks`, each named with its workload (for lists of several)."""
+    name = results.info.workload
+    return [check._replace(what=f"{name}: {check.what}") for check in workload_checks(results)]
 
 
 def _state_checks(results: WorkloadResults, world: int, bound: float) -> list[Check]:

@@ -9,7 +9,7 @@ paired step times, and the limits of the suite's plans.
 from __future__ import annotations
 
 from ocp_graphpar.measure.contenders import CONTENDERS, OURS
-from ocp_graphpar.tools.bench.limits import Check, workload_checks
+from ocp_graphpar.tools.bench.limits import Check, named_checks
 from ocp_graphpar.tools.bench.records import STATE_PARTS, WorkloadResults, state_total
 from ocp_graphpar.tools.bench.tables import by_size, limit_table, mib
 
@@ -23,11 +23,7 @@ def memory_section(workloads: dict[str, WorkloadResults], plan_limits: list[Chec
     chosen = memory_workloads(workloads)
     if not chosen:
         return []
-    checks = [
-        Check(f"{results.info.workload}: {what}", value, at_most)
-        for results in chosen
-        for what, value, at_most in workload_checks(results)
-    ]
+    checks = [check for results in chosen for check in named_checks(results)]
     lines = [
         "## Memory",
         "",

@@ -14,10 +14,11 @@ def limit_table(checks: list[Check]) -> list[str]:
     if not checks:
         return []
     lines = ["| Limit | Measured | At most | Holds |", "|---|---:|---:|---|"]
-    for what, value, at_most in checks:
+    for check in checks:
+        value = check.value
         measured = str(value) if isinstance(value, int) else f"{value:.3f}"
-        holds = "yes" if value <= at_most else "NO"
-        lines.append(f"| {what} | {measured} | {at_most:g} | {holds} |")
+        holds = "yes" if check.holds else "NO"
+        lines.append(f"| {check.what} | {measured} | {check.at_most:g} | {holds} |")
     return [*lines, ""]
 
 
